@@ -1,0 +1,3 @@
+//! The simulated host: a directory-rooted model of one Windows node.
+
+pub mod traffic;

@@ -1,0 +1,3 @@
+fn main() {
+    println!("ssis-agent: not yet implemented");
+}

@@ -1,0 +1,185 @@
+//! The SQL side: every SQL Server interaction goes through [`Catalog`].
+//!
+//! Implementations: `tiberius` (real, rustls TLS with validation on by default) and `simulated`
+//! (an in-memory SSISDB / availability-group model that follows the documented semantics).
+//! The planner never talks SQL: it reads a [`CatalogObservation`] and emits [`SqlAction`]s.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use ssis_agent::host::SecretString;
+
+/// Where and how to connect for one availability group. Built by the controller from the
+/// `SsisdbAvailabilityGroup` spec and its Secrets.
+#[derive(Clone, Debug)]
+pub struct CatalogTarget {
+    /// `namespace/name` of the SsisdbAvailabilityGroup (for the simulated model and logs).
+    pub key: String,
+    pub availability_group_name: String,
+    pub database_name: String,
+    pub replicas: Vec<ReplicaEndpoint>,
+    pub listener_name: String,
+    pub listener_port: u16,
+    pub admin_username: String,
+    pub admin_password: SecretString,
+    /// PEM CA bundle; `None` uses the built-in roots. Validation is on unless `insecure_skip_verify`.
+    pub ca_pem: Option<Vec<u8>>,
+    pub insecure_skip_verify: bool,
+    /// Current logging-login password: used only to check it with `PWDCOMPARE`, never stored.
+    pub logging_password: SecretString,
+    /// Domain accounts of master services that need a login (reference §5.3 [INFER]).
+    pub master_service_accounts: Vec<String>,
+}
+
+/// One replica endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaEndpoint {
+    /// `@@SERVERNAME` / `replica_server_name`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+}
+
+/// What the operator observed in SQL Server for one availability group.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogObservation {
+    /// Replica currently primary for the catalog database, if any replica answered as primary.
+    pub primary: Option<String>,
+    /// The availability group exists (seen from the primary).
+    pub availability_group_exists: bool,
+    /// The catalog database is a member of the group.
+    pub database_in_group: bool,
+    /// Listener as SQL Server reports it: (name, port). Port `None` when created outside SQL.
+    pub listener: Option<(String, Option<u16>)>,
+    /// Per-replica observations, in spec order.
+    pub replicas: Vec<ReplicaObservation>,
+    /// SSISDB state read on the primary; `None` when no primary answered.
+    pub ssisdb: Option<SsisdbObservation>,
+}
+
+/// What one replica reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaObservation {
+    pub name: String,
+    /// Connection worked. When false, `error` says why and the other fields are defaults.
+    pub reachable: bool,
+    pub error: Option<String>,
+    /// `PRIMARY`, `SECONDARY`, `RESOLVING`.
+    pub role: String,
+    /// `HEALTHY`, `PARTIALLY_HEALTHY`, `NOT_HEALTHY`.
+    pub synchronization_health: String,
+    /// SQL authentication (mixed mode) is enabled: worker logging needs it (pitfall 9).
+    pub sql_auth_enabled: bool,
+    /// The DMK password is stored for the catalog database (`sp_control_dbmasterkey_password`),
+    /// so this replica can open the DMK after a failover (pitfall 10).
+    pub master_key_password_stored: bool,
+    /// SID (hex, `0x…`) of `##MS_SSISLogDBWorkerAgentLogin##`, when the login exists.
+    pub logging_login_sid: Option<String>,
+    /// `PWDCOMPARE(current password, password_hash)` for the logging login.
+    pub logging_login_password_matches: bool,
+    /// Master service accounts that have a server login here.
+    pub master_account_logins: Vec<String>,
+}
+
+/// SSISDB state read on the primary.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SsisdbObservation {
+    /// `sys.databases.is_master_key_encrypted_by_server` for SSISDB on the primary (error 15581
+    /// otherwise).
+    pub master_key_encrypted_by_server: bool,
+    /// `catalog.master_properties` (property_name → property_value).
+    pub master_properties: BTreeMap<String, String>,
+    /// `catalog.worker_agents`.
+    pub worker_agents: Vec<WorkerAgentRow>,
+    /// `catalog.alwayson_replicas.server_name` (registered for Always On support).
+    pub always_on_replicas: Vec<String>,
+    /// Master service accounts with an SSISDB user in `ssis_admin`.
+    pub master_account_users: Vec<String>,
+}
+
+/// One row of `catalog.worker_agents`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerAgentRow {
+    /// `WorkerAgentId` (upper-case GUID).
+    pub worker_agent_id: String,
+    pub is_enabled: bool,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    pub machine_name: String,
+    pub tags: Option<String>,
+    /// `LastOnlineTime`, RFC 3339.
+    pub last_online_time: Option<String>,
+}
+
+/// Reference to a secret value the executor resolves at apply time: the plan never holds secrets.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SecretValue {
+    /// The logging-login password of the group.
+    LoggingPassword,
+    /// The SSISDB database master key password of the group.
+    CatalogPassword,
+}
+
+/// One SQL action. Every action maps to one compile-time-constant batch; its fields travel as
+/// parameters. `replica` names the replica the action runs on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum SqlAction {
+    /// Reference §10: create the listener (only when `listener.create` is set).
+    CreateListener { replica: String, name: String, port: u16, static_ips: Vec<(String, String)> },
+    /// Reference §5.3 / pitfall 8: `catalog.enable_scaleout` when `IS_SCALEOUT_ENABLED` is not TRUE.
+    EnableScaleOut { replica: String },
+    /// Pitfall 10 on the primary: `OPEN MASTER KEY ...; ALTER MASTER KEY ADD ENCRYPTION BY SERVICE MASTER KEY`.
+    EncryptMasterKeyByServiceKey { replica: String, password: SecretValue },
+    /// Pitfall 10 on every replica: `sp_control_dbmasterkey_password @action = N'add'` so the replica
+    /// can open the DMK after it becomes primary.
+    StoreMasterKeyPassword { replica: String, password: SecretValue },
+    /// Step 6.1: set the logging login's password on the primary.
+    SetLoggingLoginPassword { replica: String, password: SecretValue },
+    /// Step 6.2: (re)create the logging login on a secondary with the primary's SID.
+    CreateLoggingLoginWithSid { replica: String, sid: String, password: SecretValue, drop_existing: bool },
+    /// Step 6.3: `catalog.update_logdb_info` pointing at the listener.
+    UpdateLogDbInfo { replica: String, server_name: String, password: SecretValue },
+    /// Step 8: `catalog.update_master_address`.
+    UpdateMasterAddress { replica: String, address: String },
+    /// Reference §5.3 [INFER]: server login for the master's domain account.
+    CreateWindowsLogin { replica: String, account: String },
+    /// Reference §5.3 [INFER]: SSISDB user in `ssis_admin` for the master's domain account.
+    GrantSsisAdmin { replica: String, account: String },
+    /// Reference §9.3: register a replica for SSISDB Always On support (`internal.add_replica_info`).
+    RegisterAlwaysOnReplica { replica: String, server_name: String },
+    /// Reference §8 step 7.
+    EnableWorkerAgent { replica: String, worker_agent_id: String },
+    /// Finalizer / `enabled: false`.
+    DisableWorkerAgent { replica: String, worker_agent_id: String },
+    /// Reference §8 step 8: `DisplayName`, `Description` or `Tags`.
+    SetWorkerAgentProperty { replica: String, worker_agent_id: String, property: String, value: String },
+}
+
+/// Errors talking to SQL Server.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// The replica could not be reached (network, login, TLS).
+    #[error("cannot connect to {replica}: {message}")]
+    Connect { replica: String, message: String },
+    /// SQL Server returned an error.
+    #[error("SQL error {number} on {replica}: {message}")]
+    Sql { replica: String, number: u32, message: String },
+    /// Anything else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Every SQL interaction of the operator.
+#[allow(async_fn_in_trait)]
+pub trait Catalog: Send + Sync {
+    /// Read everything the planner needs about one availability group.
+    async fn observe(&self, target: &CatalogTarget) -> Result<CatalogObservation, CatalogError>;
+    /// Run one action. `resolve` turns a [`SecretValue`] into the secret string.
+    async fn execute(
+        &self,
+        target: &CatalogTarget,
+        action: &SqlAction,
+        resolve: &(dyn Fn(&SecretValue) -> SecretString + Sync),
+    ) -> Result<(), CatalogError>;
+}

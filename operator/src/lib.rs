@@ -1,0 +1,4 @@
+//! The SSIS Scale Out operator.
+
+pub mod catalog;
+pub mod plan;
