@@ -1,7 +1,7 @@
 //! CRD generation: the YAML committed under `crds/generated/` is produced from the Rust types here.
 
-use kube::CustomResourceExt;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::CustomResourceExt;
 
 use crate::v1alpha1::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup};
 

@@ -1,4 +1,5 @@
 //! The SSIS Scale Out operator.
 
 pub mod catalog;
+pub mod cli;
 pub mod plan;

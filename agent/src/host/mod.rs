@@ -171,7 +171,13 @@ pub trait Host: Send {
 
     // --- HTTP.SYS ---
     fn query_ssl_binding(&self, ip_port: &str) -> Result<Option<SslBindingInfo>, HostError>;
-    fn set_ssl_binding(&mut self, ip_port: &str, thumbprint: &str, store: CertStore, app_id: &str) -> Result<(), HostError>;
+    fn set_ssl_binding(
+        &mut self,
+        ip_port: &str,
+        thumbprint: &str,
+        store: CertStore,
+        app_id: &str,
+    ) -> Result<(), HostError>;
 
     // --- failover cluster ---
     /// `Ok(None)` when the role does not exist; `Err(Unsupported)` when the node is not clustered.

@@ -83,7 +83,12 @@ pub struct AvailabilityReplica {
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*(\\[A-Za-z0-9_$#]+)?$"))]
     pub name: String,
     /// DNS host name the operator connects to for this replica.
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub host: String,
     /// TCP port of the instance.
     #[serde(default = "default_sql_port")]
@@ -92,7 +97,10 @@ pub struct AvailabilityReplica {
     /// Kubernetes node name of the Windows node running this instance, when it is a node of the
     /// cluster (used for the legacy SSIS service configuration; optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub node_name: Option<String>,
 }
 
@@ -111,7 +119,12 @@ pub struct ListenerSpec {
     /// DNS domain appended to the listener name to form the host name clients use, e.g.
     /// `corp.example.com`. Empty: clients use the bare name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 237), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 237),
+        regex(
+            pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub dns_domain: Option<String>,
     /// Listener TCP port.
     #[serde(default = "default_sql_port")]

@@ -79,7 +79,12 @@ pub struct MasterServiceSpec {
     /// DNS host name of the failover-cluster client access point, e.g. `ssis-master.corp.example.com`.
     /// Its first label is the cluster network name (≤ 15 characters). This is not the AG listener
     /// (pitfall 7).
-    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub dns_name: String,
     /// HTTPS port of the master (`PortNumber`).
     #[serde(default = "default_master_port")]

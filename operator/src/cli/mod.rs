@@ -1,0 +1,36 @@
+//! Command-line interface of `ssis-operator`. One module per subcommand.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+pub mod crd;
+
+/// Operator for SQL Server Integration Services Scale Out with master high availability.
+#[derive(Parser, Debug)]
+#[command(name = "ssis-operator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print the CustomResourceDefinitions of every kind as YAML, or write one file per kind.
+    Crd(crd::CrdArgs),
+}
+
+/// Run a parsed command line; errors are printed with their causes.
+pub fn main(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Crd(args) => crd::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
