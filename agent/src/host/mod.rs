@@ -6,6 +6,8 @@
 //! Calls are blocking: the agent runs them on a blocking thread.
 
 pub mod simulated;
+#[cfg(windows)]
+pub mod windows;
 
 use ssis_crds::{CertStore, ServiceStartType};
 
