@@ -99,3 +99,17 @@ pub enum CertificateRequestSource {
     /// Convert the user's `kubernetes.io/tls` Secret (`namespace/name`) into host material.
     FromTlsSecret { secret: ObjectKey },
 }
+
+/// Plan one reconcile pass: pure function of its input, never panics on any schema-valid input.
+pub fn plan(input: &PlanInput) -> PlanOutput {
+    let mut output = PlanOutput::default();
+    for group in &input.master_groups {
+        for node in &group.spec.nodes {
+            output
+                .host_configs
+                .entry(node.clone())
+                .or_insert_with(|| HostConfigSpec { sql_version: group.spec.sql_version, ..Default::default() });
+        }
+    }
+    output
+}
