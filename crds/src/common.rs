@@ -105,7 +105,8 @@ pub struct LocalObjectRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowsAccount {
-    /// Account in `DOMAIN\user` or `user@domain` form.
+    /// Account in `DOMAIN\user` (e.g. `CORP\svc-ssis-master`) or `user@domain`
+    /// (e.g. `svc-ssis-master@corp.example.com`) form; no spaces.
     #[schemars(length(min = 3, max = 256), regex(pattern = r"^([^\\@\s]+\\[^\\@\s]+|[^\\@\s]+@[^\\@\s]+)$"))]
     pub username: String,
     /// Secret key holding the account's password. Never copied into status, Events or logs.
@@ -142,7 +143,15 @@ pub struct GeneratedCertificate {
     pub renew_before_days: i32,
     /// Extra DNS names for the subject alternative names (the required names are always included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(
+        length(max = 32),
+        inner(
+            length(min = 1, max = 253),
+            regex(
+                pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+            )
+        )
+    )]
     pub additional_dns_names: Vec<String>,
 }
 
@@ -164,8 +173,9 @@ fn default_renew_before_days() -> i32 {
 }
 
 /// TLS settings of the operator's connections to SQL Server.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.caSecretRef) && has(self.insecureSkipVerify) && self.insecureSkipVerify)").message("tls: caSecretRef has no effect while tls.insecureSkipVerify is true; remove insecureSkipVerify (recommended) or caSecretRef"))]
 pub struct SqlTls {
     /// Secret key with the PEM CA bundle that signed the SQL Server certificates. Without it the
     /// operator's built-in web PKI roots are used. Certificates are always validated unless

@@ -20,6 +20,12 @@ use crate::common::{SecretKeyRef, SecretRef, SqlTls};
     category = "ssis",
     derive = "Default",
     derive = "PartialEq",
+    doc = "SsisdbAvailabilityGroup is the Always On availability group that holds the SSIS catalog (SSISDB), \
+           its replicas and its listener. The operator keeps every replica ready for Scale Out: the catalog \
+           master key encrypted by each replica's service master key (no error 15581 after failover), the \
+           logging login ##MS_SSISLogDBWorkerAgentLogin## with the primary's SID and one password everywhere, \
+           Always On support registered, and the logging connection pointed at the listener. \
+           status.serverName (listener,port) is what ScaleOutMasterGroups use as SqlServerName.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Primary","type":"string","jsonPath":".status.primaryReplica"}"#,
     printcolumn = r#"{"name":"Server","type":"string","jsonPath":".status.serverName"}"#,
@@ -28,8 +34,10 @@ use crate::common::{SecretKeyRef, SecretRef, SqlTls};
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.replicas.all(r, self.replicas.exists_one(o, o.name == r.name))").message("spec.replicas: replica names must be unique; remove the duplicate entry"))]
+#[x_kube(validation = Rule::new("self.replicas.all(r, self.replicas.exists_one(o, o.host == r.host && o.port == r.port))").message("spec.replicas: each replica needs its own host and port; two entries point at the same SQL Server endpoint"))]
+#[x_kube(validation = Rule::new("self.replicas.all(r, !has(r.nodeName) || self.replicas.exists_one(o, has(o.nodeName) && o.nodeName == r.nodeName))").message("spec.replicas[].nodeName: a Kubernetes node runs at most one replica of the group; fix the duplicate nodeName"))]
 pub struct SsisdbAvailabilityGroupSpec {
-    /// Name of the availability group (`sys.availability_groups.name`).
+    /// Name of the availability group (`sys.availability_groups.name`), e.g. `AG_SSIS`.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_$#@ .-]*$"))]
     pub availability_group_name: String,
 
@@ -38,7 +46,8 @@ pub struct SsisdbAvailabilityGroupSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_$#@.-]*$"))]
     pub database_name: String,
 
-    /// The SQL Server instances that host a replica of the group.
+    /// The SQL Server instances that host a replica of the group (1 to 9, names unique). Two or more
+    /// are needed for high availability.
     #[schemars(length(min = 1, max = 9))]
     pub replicas: Vec<AvailabilityReplica>,
 
@@ -158,18 +167,22 @@ pub struct ListenerStaticIp {
     pub subnet_mask: String,
 }
 
-/// Admin credentials for the operator's SQL connections.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+/// Admin credentials for the operator's SQL connections: a Secret (same namespace) holding a SQL
+/// login that is sysadmin on every replica.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.usernameKey) || !has(self.passwordKey) || self.usernameKey != self.passwordKey").message("adminCredentials: usernameKey and passwordKey must name different keys of the Secret"))]
 pub struct SqlCredentials {
     /// The Secret.
     #[serde(flatten)]
     pub secret: SecretRef,
     /// Key of the login name in the Secret.
     #[serde(default = "default_username_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub username_key: String,
     /// Key of the password in the Secret.
     #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub password_key: String,
 }
 

@@ -25,6 +25,11 @@ use crate::v1alpha1::master_group::LegacyFolder;
     category = "ssis",
     derive = "Default",
     derive = "PartialEq",
+    doc = "HostConfig is internal: one per Windows node, named after the node. The operator writes its spec \
+           (certificates, owned settings-file keys, registry values, services, HTTP.SYS bindings and the \
+           cluster role that node must have, merged from every SSIS resource on it); the ssis-agent on that \
+           node applies it with allow-listed, idempotent steps and writes the status. Do not edit by hand: \
+           the operator overwrites the spec.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Version","type":"string","jsonPath":".spec.sqlVersion"}"#,
     printcolumn = r#"{"name":"Heartbeat","type":"date","jsonPath":".status.agent.lastHeartbeatTime"}"#,
@@ -42,6 +47,7 @@ pub struct HostConfigSpec {
     /// The custom resources that contributed to this HostConfig (for `kubectl describe` and the
     /// `plan` preview).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub contributors: Vec<Contributor>,
 
     /// Certificates in the LocalMachine stores (reference §7).
@@ -86,10 +92,13 @@ pub struct HostConfigSpec {
 #[serde(rename_all = "camelCase")]
 pub struct Contributor {
     /// Kind of the contributing resource.
+    #[schemars(length(min = 1, max = 63))]
     pub kind: String,
     /// Namespace of the contributing resource.
+    #[schemars(length(min = 1, max = 63))]
     pub namespace: String,
     /// Name of the contributing resource.
+    #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
 
@@ -118,8 +127,10 @@ pub enum Ensure {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.ensure == 'Absent' || has(self.source)").message("certificates[].source is required unless ensure is Absent"))]
 pub struct HostCertificate {
-    /// Stable item name, unique within the HostConfig (used in status and restart triggers).
-    #[schemars(length(min = 1, max = 253))]
+    /// Stable item name, unique within the HostConfig (used in status and restart triggers). At
+    /// most 128 characters so the uniqueness rule over 512 items stays within the API server's CEL
+    /// cost budget.
+    #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// Target store.
     pub store: CertStore,
@@ -135,7 +146,7 @@ pub struct HostCertificate {
     pub source: Option<CertificateMaterialRef>,
     /// Accounts granted read access to the private key (the worker service account, pitfall 4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 4))]
+    #[schemars(length(max = 4), inner(length(min = 1, max = 256)))]
     pub private_key_readers: Vec<String>,
 }
 
@@ -148,16 +159,22 @@ pub struct HostCertificate {
 #[x_kube(validation = Rule::new("has(self.pfxKey) || has(self.certificateKey)").message("source: set certificateKey (public certificate) or pfxKey + pfxPasswordKey (with private key)"))]
 pub struct CertificateMaterialRef {
     /// Secret name (in the agent's namespace).
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub secret_name: String,
     /// Key of the public certificate (DER or PEM).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub certificate_key: Option<String>,
     /// Key of the PKCS#12 (PFX) bundle with the private key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub pfx_key: Option<String>,
     /// Key of the PFX password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub pfx_password_key: Option<String>,
 }
 
@@ -248,6 +265,7 @@ pub struct RegistryValue {
     pub key: String,
     /// Value name; absent means the key's default value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
     pub value_name: Option<String>,
     /// Value type.
     #[serde(rename = "type")]
@@ -323,10 +341,12 @@ pub struct HostService {
     /// `legacyServiceConfig`, `certificate/<name>`, `httpSslBinding/<ipPort>`): when the agent
     /// changes any of them the service is restarted once, after all changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024), inner(length(min = 1, max = 300)))]
     pub restart_on_change_of: Vec<String>,
     /// Changing this opaque token asks for one restart (e.g. to make a worker reconnect after its
     /// certificate became trusted on the masters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
     pub restart_token: Option<String>,
 }
 
@@ -345,6 +365,9 @@ pub struct HttpSslBinding {
     /// Application id GUID of the binding; absent keeps the existing one (docs: reuse the original
     /// appid when changing certificates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(
+        pattern = r"^\{?[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}?$"
+    ))]
     pub app_id: Option<String>,
 }
 
@@ -362,15 +385,19 @@ pub struct ClusterRole {
     pub create: bool,
     /// Static addresses for the client access point.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 18)))]
     pub static_addresses: Vec<String>,
     /// Networks to ignore.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
     pub ignore_networks: Vec<String>,
     /// Possible owners (Windows computer names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
     pub possible_owners: Vec<String>,
     /// Failover cluster name, when not the local cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub cluster_name: Option<String>,
 }
 

@@ -21,6 +21,12 @@ use crate::common::{CertificateSource, LocalObjectRef, SqlVersion, WindowsAccoun
     category = "ssis",
     derive = "Default",
     derive = "PartialEq",
+    doc = "ScaleOutMasterGroup is a highly available SSIS Scale Out Master: the master service installed on \
+           several Windows nodes, run by a failover-cluster Generic Service role under one client access \
+           point (spec.masterService.dnsName), all nodes serving the same TLS certificate and pointing \
+           SqlServerName at the SSISDB availability-group listener. The operator follows Microsoft's \
+           high-availability procedure on every node, rotates the certificate before expiry and, \
+           optionally, configures the legacy SSIS service (MsDtsServer) on the same nodes.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Address","type":"string","jsonPath":".status.masterAddress"}"#,
     printcolumn = r#"{"name":"Active","type":"string","jsonPath":".status.activeNode"}"#,
@@ -44,8 +50,15 @@ pub struct ScaleOutMasterGroupSpec {
     pub master_service: MasterServiceSpec,
 
     /// Kubernetes node names of the Windows nodes with the Scale Out Master installed (every
-    /// possible owner of the cluster role).
-    #[schemars(length(min = 1, max = 16))]
+    /// possible owner of the cluster role): 1 to 16 distinct names; two or more for high
+    /// availability.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(
+            length(min = 1, max = 253),
+            regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+        )
+    )]
     pub nodes: Vec<String>,
 
     /// The master TLS certificate, shared by every master node (reference §6 steps 2.2 and 3).
@@ -104,17 +117,31 @@ pub struct ClusterRoleSettings {
     /// by hand; the operator then only checks it.
     #[serde(default = "default_true")]
     pub manage: bool,
-    /// Static IP addresses (`a.b.c.d` or `a.b.c.d/prefix`) of the client access point, one per
+    /// Static IPv4 addresses (`a.b.c.d` or `a.b.c.d/prefix`) of the client access point, one per
     /// cluster network. Networks without DHCP need one here or in `ignoreNetworks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(
+        length(max = 8),
+        inner(
+            length(min = 7, max = 18),
+            regex(
+                pattern = r"^((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/([0-9]|[12][0-9]|3[0-2]))?$"
+            )
+        )
+    )]
     pub static_addresses: Vec<String>,
-    /// Cluster networks to ignore when creating the role.
+    /// Cluster networks to ignore when creating the role (names as `Get-ClusterNetwork` shows them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 8))]
+    #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
     pub ignore_networks: Vec<String>,
     /// Name of the failover cluster, when not the local one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub cluster_name: Option<String>,
 }
 
@@ -132,6 +159,8 @@ fn default_true() -> bool {
 /// service; run it on every node with a config listing every SQL instance.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.additionalFolders) || self.additionalFolders.all(f, self.additionalFolders.exists_one(o, o.name == f.name))").message("legacyService.additionalFolders: folder names must be unique; rename or remove the duplicate"))]
+#[x_kube(validation = Rule::new("!has(self.additionalFolders) || !has(self.includeAllReplicas) || !self.includeAllReplicas || self.additionalFolders.all(f, !f.name.startsWith('MSDB-'))").message("legacyService.additionalFolders[].name: names starting with MSDB- are reserved for the per-replica folders of includeAllReplicas; choose another name"))]
 pub struct LegacyServiceSettings {
     /// Add one `SqlServerFolder` per replica of the availability group (named `MSDB-<replica>`).
     #[serde(default = "default_true")]
@@ -160,13 +189,14 @@ pub struct LegacyFolder {
     /// Folder name shown in SSMS; characters invalid in file names are not allowed.
     #[schemars(length(min = 1, max = 128), regex(pattern = r#"^[^"<>|:*?\\/]+$"#))]
     pub name: String,
-    /// SQL Server instance (`Server` or `Server\Instance`) of a `SqlServerFolder`.
+    /// SQL Server instance (`.`, `Server` or `Server\Instance`) of a `SqlServerFolder`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^(\.|[A-Za-z0-9][A-Za-z0-9_.-]*)(\\[A-Za-z0-9_$#]+)?$"))]
     pub server_name: Option<String>,
-    /// Store path of a `FileSystemFolder` (relative to the Binn folder, or absolute).
+    /// Store path of a `FileSystemFolder` (relative to the Binn folder, or absolute), e.g.
+    /// `..\Packages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 260))]
+    #[schemars(length(min = 1, max = 260), regex(pattern = r#"^[^"<>|*?]+$"#))]
     pub store_path: Option<String>,
 }
 

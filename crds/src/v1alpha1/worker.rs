@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{CertificateSource, LocalObjectRef, WindowsAccount};
+use crate::v1alpha1::master_group::RotationStatus;
 
 /// Desired state of a worker or a pool of workers.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
@@ -20,6 +21,12 @@ use crate::common::{CertificateSource, LocalObjectRef, WindowsAccount};
     category = "ssis",
     derive = "Default",
     derive = "PartialEq",
+    doc = "ScaleOutWorker enrolls one Windows node (spec.nodeName) or a pool of Windows nodes \
+           (spec.nodeSelector, including nodes that join later) as SSIS Scale Out Workers of a \
+           ScaleOutMasterGroup: it trusts the master certificate on the worker, trusts each worker's client \
+           certificate on every master node, points WorkerSettings.config at the master, waits for the worker \
+           to register in SSISDB and enables it. Deleting it disables the workers and removes their \
+           certificates from the masters.",
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Master","type":"string","jsonPath":".spec.masterGroupRef.name"}"#,
     printcolumn = r#"{"name":"Enrolled","type":"string","jsonPath":".status.summary"}"#,
@@ -29,11 +36,15 @@ use crate::common::{CertificateSource, LocalObjectRef, WindowsAccount};
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.nodeName) != has(self.nodeSelector)").message("spec: set exactly one of spec.nodeName (a single worker) or spec.nodeSelector (a pool); remove the other"))]
 #[x_kube(validation = Rule::new("!has(self.certificate.secretRef) || has(self.nodeName)").message("spec.certificate.secretRef gives one certificate and can only be used with spec.nodeName; use certificate.generate for a pool"))]
+#[x_kube(validation = Rule::new("!has(self.nodeSelector) || (has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || (has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)").message("spec.nodeSelector: an empty selector would enroll every Windows node; add matchLabels or matchExpressions (e.g. ssis.sqlops.io/worker-pool: etl)"))]
+#[x_kube(validation = Rule::new("!has(self.nodeSelector) || !has(self.displayName) || self.displayName.contains('{node}')").message("spec.displayName: a pool gives every worker the same display name unless it contains {node}; add {node} (e.g. 'ETL {node}') or remove displayName"))]
+#[x_kube(validation = Rule::new("!has(self.tags) || self.tags.all(t, self.tags.exists_one(o, o == t))").message("spec.tags: tags must be unique; remove the duplicate"))]
 pub struct ScaleOutWorkerSpec {
     /// The `ScaleOutMasterGroup` (same namespace) this worker enrolls with.
     pub master_group_ref: LocalObjectRef,
 
-    /// A single Windows node to enroll.
+    /// A single Windows node to enroll (Kubernetes node name). Exactly one of `nodeName` and
+    /// `nodeSelector` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 253),
@@ -52,9 +63,9 @@ pub struct ScaleOutWorkerSpec {
     pub enabled: bool,
 
     /// Display name set with `catalog.set_worker_agent_property` (`{node}` is replaced by the node
-    /// name). Not used by SQL Server 2017.
+    /// name; a pool's display name must contain it). Not used by SQL Server 2017.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^\S(.*\S)?$"))]
     pub display_name: Option<String>,
 
     /// Description set with `catalog.set_worker_agent_property`.
@@ -62,9 +73,10 @@ pub struct ScaleOutWorkerSpec {
     #[schemars(length(max = 256))]
     pub description: Option<String>,
 
-    /// Tags set with `catalog.set_worker_agent_property` (joined with `,`).
+    /// Tags set with `catalog.set_worker_agent_property` (joined with `,`, so a tag cannot contain a
+    /// comma). Executions can be targeted at workers by tag.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 64), regex(pattern = r"^[^,\s]([^,]*[^,\s])?$")))]
     pub tags: Vec<String>,
 
     /// The worker client certificate. `generate` (default) creates one per node; `secretRef` uses
@@ -151,6 +163,10 @@ pub struct WorkerNodeStatus {
     /// Thumbprint being rolled out during a worker certificate rotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rotating_to_thumbprint: Option<String>,
+    /// Progress of a worker certificate rotation: `TrustingNew` (new certificate trusted on every
+    /// master node) → `SwitchingWorkers` (`WorkerHttpsCertThumbprint` switched) → `RemovingOld`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_rotation: Option<RotationStatus>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,

@@ -1,0 +1,164 @@
+//! Helpers shared by the schema tests: the generated schemas as JSON, an admission-style validator
+//! (OpenAPI constraints through `jsonschema`, then the CEL rules through kube-cel) and manifest loading.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+/// The workspace root (parent of `crds/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("crds/ has a parent").to_path_buf()
+}
+
+/// `openAPIV3Schema` of every generated CRD, by kind.
+pub fn schemas_by_kind() -> BTreeMap<String, Value> {
+    ssis_crds::generate::all_crds()
+        .into_iter()
+        .map(|(_, crd)| {
+            let kind = crd.spec.names.kind.clone();
+            let version = crd.spec.versions.into_iter().next().expect("one version");
+            let schema = version.schema.and_then(|s| s.open_api_v3_schema).expect("schema present");
+            (kind, serde_json::to_value(schema).expect("schema serializes"))
+        })
+        .collect()
+}
+
+/// Convert an OpenAPI v3 (Kubernetes dialect) schema into JSON Schema draft 4 for `jsonschema`:
+/// `nullable: true` becomes a `null` alternative of `type`, and — like `kubectl --validate=strict`
+/// — objects with `properties` reject unknown fields, so a typo in an example is an error rather
+/// than a silently pruned field.
+pub fn to_json_schema(node: &Value) -> Value {
+    match node {
+        Value::Object(map) => {
+            let mut out = Map::new();
+            for (key, value) in map {
+                let converted = match key.as_str() {
+                    // Literal values, not schemas.
+                    "default" | "enum" | "example" | "x-kubernetes-validations" => value.clone(),
+                    "properties" => Value::Object(
+                        value
+                            .as_object()
+                            .expect("properties is a map")
+                            .iter()
+                            .map(|(k, v)| (k.clone(), to_json_schema(v)))
+                            .collect(),
+                    ),
+                    _ => to_json_schema(value),
+                };
+                out.insert(key.clone(), converted);
+            }
+            if map.get("nullable") == Some(&Value::Bool(true))
+                && let Some(Value::String(ty)) = map.get("type")
+            {
+                out.insert("type".into(), Value::Array(vec![Value::String(ty.clone()), "null".into()]));
+            }
+            let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
+                out.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(to_json_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+/// Build a draft-4 validator for one (converted) schema node. Formats such as `int32` are hints in
+/// the Kubernetes dialect, so format validation is off.
+pub fn json_validator(openapi: &Value) -> jsonschema::Validator {
+    jsonschema::options()
+        .with_draft(jsonschema::Draft::Draft4)
+        .should_validate_formats(false)
+        .build(&to_json_schema(openapi))
+        .unwrap_or_else(|e| panic!("schema does not compile as JSON Schema: {e}"))
+}
+
+/// `/spec/replicas/0/name` → `spec.replicas[0].name`, the way the API server names fields.
+pub fn field_path(pointer: &str) -> String {
+    let mut out = String::new();
+    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
+        if segment.chars().all(|c| c.is_ascii_digit()) {
+            out.push_str(&format!("[{segment}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(&segment.replace("~1", "/").replace("~0", "~"));
+        }
+    }
+    out
+}
+
+/// DNS-1123 subdomain, as the API server checks `metadata.name` of namespaced custom resources.
+fn valid_object_name(name: &str) -> bool {
+    let re = regex::Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap();
+    !name.is_empty() && name.len() <= 253 && re.is_match(name)
+}
+
+/// Admission-style validation of one custom resource: metadata.name, then the OpenAPI schema (after
+/// defaulting, as the API server does), then every CEL rule. Returns `field: message` lines; empty
+/// means accepted.
+pub fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    match object.pointer("/metadata/name").and_then(Value::as_str) {
+        Some(name) if valid_object_name(name) => {}
+        other => errors.push(format!("metadata.name: {other:?} is not a DNS-1123 subdomain")),
+    }
+    let defaulted = kube::core::cel::apply_defaults(schema, object);
+    let validator = json_validator(schema);
+    for error in validator.iter_errors(&defaulted) {
+        errors.push(format!("{}: {}", field_path(error.instance_path().as_str()), error));
+    }
+    if let Err(cel_errors) = kube::core::cel::Validator::new().validate(schema, object, None) {
+        errors.extend(cel_errors.iter().map(|e| e.to_string()));
+    }
+    errors
+}
+
+/// One YAML document of a manifest file.
+pub struct Manifest {
+    pub file: PathBuf,
+    pub value: Value,
+}
+
+impl Manifest {
+    pub fn kind(&self) -> &str {
+        self.value.get("kind").and_then(Value::as_str).unwrap_or_default()
+    }
+    pub fn api_version(&self) -> &str {
+        self.value.get("apiVersion").and_then(Value::as_str).unwrap_or_default()
+    }
+    pub fn name(&self) -> &str {
+        self.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+    }
+    pub fn namespace(&self) -> &str {
+        self.value.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default()
+    }
+}
+
+/// Every `*.yaml` file of a directory, sorted by name.
+pub fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// Parse every document of a multi-document YAML file (empty documents skipped).
+pub fn load_documents(file: &Path) -> Vec<Manifest> {
+    let text = std::fs::read_to_string(file).unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|doc| {
+            <Value as serde::Deserialize>::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", file.display()))
+        })
+        .filter(|value| !value.is_null())
+        .map(|value| Manifest { file: file.to_path_buf(), value })
+        .collect()
+}
