@@ -317,3 +317,32 @@ fn argocd_health_follows_kstatus_conditions_and_generations() {
         assert!(message.contains(want_message), "{label}: message {message:?} lacks {want_message:?}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// docs/install.md
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn install_guide_refers_only_to_files_that_exist() {
+    let guide = read("docs/install.md");
+    let mut checked = 0;
+    for prefix in ["charts/", "deploy/", "examples/", "docker/", "scripts/", "tests/tests/"] {
+        let mut rest = guide.as_str();
+        while let Some(start) = rest.find(prefix) {
+            let preceding = rest[..start].chars().last();
+            let path: String = rest[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-'))
+                .collect();
+            rest = &rest[start + path.len().max(1)..];
+            // Only repository-relative paths (not e.g. "//deploy?ref=" inside a remote URL).
+            if matches!(preceding, Some(c) if c.is_ascii_alphanumeric() || c == '/' || c == '.') {
+                continue;
+            }
+            let path = path.trim_end_matches('.');
+            assert!(repo_root().join(path).exists(), "docs/install.md mentions {path}, which does not exist");
+            checked += 1;
+        }
+    }
+    assert!(checked > 20, "expected docs/install.md to mention repository files, found {checked}");
+}

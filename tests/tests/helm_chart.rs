@@ -219,7 +219,8 @@ fn operator_defaults_two_replicas_with_leader_election() {
             "--namespace=$(POD_NAMESPACE)",
             "--metrics-addr=0.0.0.0:8080",
             "--lease-name=ssis-operator-leader",
-            "--concurrency=4"
+            "--concurrency=4",
+            "--resync=5m"
         ]
     );
     let pdb = one(&docs, "PodDisruptionBudget");
@@ -676,6 +677,8 @@ fn bad_values_are_rejected_with_the_offending_value_named() {
         (&["--set", "agent.hostProcess=false"], &["/agent", "hostProcess"]),
         (&["--set", "unknownTopLevel=1"], &["unknownTopLevel"]),
         (&["--set", "operator.concurrency=0"], &["/operator/concurrency"]),
+        (&["--set", "operator.resync=0s"], &["/operator/resync"]),
+        (&["--set", "operator.resync=null"], &["/operator", "resync"]),
         (&["--set", "operator.metrics.port=80"], &["/operator/metrics/port"]),
         (&["--set", "operator.leaderElection.leaseName=Not_A_Name"], &["/operator/leaderElection/leaseName"]),
         (&["--set-json", r#"operator.watchNamespaces=["ETL Prod"]"#], &["/operator/watchNamespaces/0"]),
