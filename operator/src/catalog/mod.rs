@@ -183,3 +183,21 @@ pub trait Catalog: Send + Sync {
         resolve: &(dyn Fn(&SecretValue) -> SecretString + Sync),
     ) -> Result<(), CatalogError>;
 }
+
+// ---- Implementations (added by the SQL side; the contract above is unchanged) ----
+
+pub mod batches;
+pub mod simulated;
+pub mod tds;
+
+pub use simulated::SimulatedCatalog;
+pub use tds::TiberiusCatalog;
+
+/// Install the process-wide rustls `CryptoProvider` (ring) once. tiberius' rustls path links
+/// aws-lc-rs while kube uses ring; with two providers compiled in, rustls cannot pick a default
+/// and the first TLS client panics. Idempotent: later calls (or a provider installed by someone
+/// else first) are fine. The controller calls it at start-up; tests call it before connecting.
+pub fn install_crypto_provider() {
+    // `install_default` fails only when a provider is installed already: that is the goal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
