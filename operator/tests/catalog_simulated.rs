@@ -477,3 +477,13 @@ async fn unknown_world_is_an_error() {
     let sim = SimulatedCatalog::new();
     assert!(matches!(sim.observe(&target()).await, Err(CatalogError::Other(_))));
 }
+
+#[tokio::test]
+async fn ensure_world_adds_once() {
+    let sim = SimulatedCatalog::new();
+    let t = target();
+    assert!(sim.ensure_world(&t, SecretString::new(DMK)));
+    sim.failover(KEY, "NODE2").unwrap();
+    assert!(!sim.ensure_world(&t, SecretString::new(DMK)));
+    assert_eq!(sim.observe(&t).await.unwrap().primary.as_deref(), Some("NODE2"));
+}

@@ -40,3 +40,12 @@ fn raw_ddl_that_the_batches_compose_server_side_is_not_sent_as_such() {
         }
     }
 }
+
+#[test]
+fn docs_sql_md_describes_every_batch() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/sql.md");
+    let docs = std::fs::read_to_string(&path).expect("docs/sql.md");
+    let missing: Vec<&str> =
+        ALL_BATCHES.iter().map(|(name, _)| *name).filter(|name| !docs.contains(&format!("`{name}`"))).collect();
+    assert!(missing.is_empty(), "docs/sql.md does not describe: {missing:?}");
+}

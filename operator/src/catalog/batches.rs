@@ -176,7 +176,7 @@ IF NOT EXISTS (SELECT 1
                FROM sys.master_key_passwords AS mkp
                JOIN sys.database_recovery_status AS drs ON drs.family_guid = mkp.family_guid
                WHERE drs.database_id = DB_ID(@P1))
-    EXEC sys.sp_control_dbmasterkey_password @db_name = @P1, @password = @P2, @action = N'add';";
+    EXEC sp_control_dbmasterkey_password @db_name = @P1, @password = @P2, @action = N'add';";
 
 /// Reference §6 step 6.1 (primary): `ALTER LOGIN [##MS_SSISLogDBWorkerAgentLogin##] WITH
 /// PASSWORD = N'@P1'`.

@@ -806,6 +806,25 @@ impl SimulatedCatalog {
         self.autosave_now();
     }
 
+    /// Add the fresh world of `target` unless one exists (dev mode: the first observation of a
+    /// new SsisdbAvailabilityGroup finds the SQL world the manual setup left). True when added.
+    pub fn ensure_world(&self, target: &CatalogTarget, catalog_password: SecretString) -> bool {
+        let added = {
+            let mut state = self.lock();
+            if state.worlds.contains_key(&target.key) {
+                false
+            } else {
+                let setup = WorldSetup::from_target(target, catalog_password);
+                state.worlds.insert(target.key.clone(), SqlWorld::new(&setup));
+                true
+            }
+        };
+        if added {
+            self.autosave_now();
+        }
+        added
+    }
+
     pub fn has_world(&self, key: &str) -> bool {
         self.lock().worlds.contains_key(key)
     }

@@ -326,7 +326,8 @@ pub struct WorkerAgentRaw {
 }
 
 fn contains_ignore_case(haystack: &[String], needle: &str) -> bool {
-    haystack.iter().any(|h| h.eq_ignore_ascii_case(needle) || h.to_lowercase() == needle.to_lowercase())
+    let needle = needle.to_lowercase();
+    haystack.iter().any(|h| h.to_lowercase() == needle)
 }
 
 /// Accounts of `wanted` present in `have`, case-insensitively (Windows names), in `wanted` order.
@@ -793,6 +794,13 @@ mod tests {
     fn time_normalisation_accepts_offsets() {
         assert_eq!(normalise_time("2026-11-22T03:00:00.5+01:00"), "2026-11-22T02:00:00.5Z");
         assert_eq!(normalise_time("not a time"), "not a time");
+    }
+
+    #[test]
+    fn crypto_provider_install_is_idempotent() {
+        crate::catalog::install_crypto_provider();
+        crate::catalog::install_crypto_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }
 
     #[tokio::test]
