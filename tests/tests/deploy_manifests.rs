@@ -207,7 +207,11 @@ fn argocd_cm_carries_the_health_check_for_every_user_kind() {
     assert_eq!(expected.len(), 3, "three user kinds");
     assert_eq!(keys, expected);
     for (key, script) in data {
-        assert_eq!(script.as_str(), Some(health.as_str()), "{key} differs from examples/gitops/argocd/health.lua");
+        assert_eq!(
+            script.as_str(),
+            Some(health.as_str()),
+            "{key} differs from examples/gitops/argocd/health.lua; run deploy/render.sh"
+        );
     }
 }
 
