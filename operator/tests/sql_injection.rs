@@ -163,6 +163,31 @@ async fn hostile_names_and_values_are_stored_as_is() {
         assert_eq!(ssisdb.master_properties["MASTER_ADDRESS"], *value);
         assert!(ssisdb.always_on_replicas.contains(value));
     }
+    // Hostile text where SQL Server converts (SID, GUID) or validates (property name): the
+    // conversion or validation error, nothing else.
+    for value in &values {
+        let number = |r: Result<(), ssis_operator::catalog::CatalogError>| match r {
+            Err(ssis_operator::catalog::CatalogError::Sql { number, .. }) => number,
+            other => panic!("expected a SQL error, got {other:?}"),
+        };
+        let sid = SqlAction::CreateLoggingLoginWithSid {
+            replica: "NODE2".into(),
+            sid: value.clone(),
+            password: SecretValue::LoggingPassword,
+            drop_existing: true,
+        };
+        assert_eq!(number(exec(sid).await), 8114);
+        let enable = SqlAction::EnableWorkerAgent { replica: "NODE1".into(), worker_agent_id: value.clone() };
+        assert_eq!(number(exec(enable).await), 8169);
+        let property = SqlAction::SetWorkerAgentProperty {
+            replica: "NODE1".into(),
+            worker_agent_id: WORKER_ID.into(),
+            property: value.clone(),
+            value: "v".into(),
+        };
+        assert_eq!(number(exec(property).await), 27101);
+    }
+
     let obs = sim.observe(&t).await.unwrap();
     assert_eq!(obs.ssisdb.as_ref().unwrap().worker_agents[0].machine_name, values[1]);
     assert_eq!(obs.ssisdb.unwrap().master_account_users.len(), accounts.len());
