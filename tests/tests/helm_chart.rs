@@ -779,3 +779,67 @@ fn install_notes_tell_what_to_do_next() {
     assert!(notes.contains("ClusterRole ssis-operator-agent and Role ssis-operator-agent"), "{notes}");
     assert!(!notes.contains("daemonset/"), "{notes}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// The node-bound admission policy's CEL, evaluated
+// ---------------------------------------------------------------------------------------------
+
+fn eval_cel(expression: &str, request: &Value) -> bool {
+    let program =
+        cel::Program::compile(expression).unwrap_or_else(|error| panic!("CEL does not parse: {error:?}\n{expression}"));
+    let mut context = cel::Context::default();
+    context.add_variable("request", request.clone()).expect("request variable");
+    match program.execute(&context) {
+        Ok(cel::Value::Bool(result)) => result,
+        other => panic!("CEL {expression} returned {other:?}"),
+    }
+}
+
+fn admission_request(username: &str, node: Option<&str>, object_name: &str) -> Value {
+    let mut user = json!({"username": username, "groups": ["system:serviceaccounts"]});
+    if let Some(node) = node {
+        user["extra"] = json!({
+            "authentication.kubernetes.io/node-name": [node],
+            "authentication.kubernetes.io/pod-name": ["ssis-operator-agent-x7k2p"],
+        });
+    }
+    json!({"userInfo": user, "name": object_name, "subResource": "status", "operation": "UPDATE"})
+}
+
+#[test]
+fn node_bound_policy_cel_admits_only_the_agent_of_the_same_node() {
+    let docs = render(&["--set", "agent.nodeBoundStatusPolicy.enabled=true"]);
+    let policy = one(&docs, "ValidatingAdmissionPolicy");
+    let matches = policy["spec"]["matchConditions"][0]["expression"].as_str().unwrap();
+    let validation = policy["spec"]["validations"][0]["expression"].as_str().unwrap();
+    let agent = "system:serviceaccount:ssis-operator:ssis-operator-agent";
+    let operator = "system:serviceaccount:ssis-operator:ssis-operator";
+
+    // The policy applies to the agent DaemonSet's ServiceAccount only.
+    assert!(eval_cel(matches, &admission_request(agent, Some("win-1"), "win-1")));
+    assert!(!eval_cel(matches, &admission_request(operator, None, "win-1")));
+    assert!(!eval_cel(
+        matches,
+        &admission_request("system:serviceaccount:ssis-operator:ssis-agent-sqlhost01", None, "sqlhost01")
+    ));
+
+    // Its own node's HostConfig: allowed. Another node's, or a token without a node binding: denied.
+    assert!(eval_cel(validation, &admission_request(agent, Some("win-1"), "win-1")));
+    assert!(!eval_cel(validation, &admission_request(agent, Some("win-1"), "win-2")));
+    assert!(!eval_cel(validation, &admission_request(agent, None, "win-1")));
+    let mut two_nodes = admission_request(agent, Some("win-1"), "win-1");
+    two_nodes["userInfo"]["extra"]["authentication.kubernetes.io/node-name"] = json!(["win-1", "win-2"]);
+    assert!(!eval_cel(validation, &two_nodes));
+
+    // The denial message names the object.
+    let message = policy["spec"]["validations"][0]["messageExpression"].as_str().unwrap();
+    let mut context = cel::Context::default();
+    context.add_variable("request", admission_request(agent, Some("win-1"), "win-2")).expect("request");
+    let text = cel::Program::compile(message).expect("messageExpression parses").execute(&context).expect("evaluates");
+    assert_eq!(
+        text,
+        cel::Value::String(
+            "the ssis agent may only write the HostConfig of its own node, not 'win-2'".to_string().into()
+        )
+    );
+}
