@@ -428,6 +428,11 @@ fn agent_is_a_windows_host_process_daemonset() {
     assert_eq!(pod["securityContext"]["windowsOptions"]["hostProcess"], json!(true));
     assert_eq!(pod["securityContext"]["windowsOptions"]["runAsUserName"], json!("NT AUTHORITY\\SYSTEM"));
     assert_eq!(pod["serviceAccountName"], json!("ssis-operator-agent"));
+    // Volumes (the service-account token) at their usual paths: containerd >= 1.7 bind mounts.
+    assert_eq!(
+        daemonset["spec"]["template"]["metadata"]["annotations"]["microsoft.com/hostprocess-mount-behavior"],
+        json!("bind")
+    );
     assert_eq!(
         pod["tolerations"],
         json!([{"key": "os", "operator": "Equal", "value": "windows", "effect": "NoSchedule"}])
