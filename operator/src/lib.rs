@@ -1,5 +1,6 @@
 //! The SSIS Scale Out operator.
 
 pub mod catalog;
+pub mod certs;
 pub mod cli;
 pub mod plan;
