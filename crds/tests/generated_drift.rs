@@ -39,7 +39,10 @@ fn generated_directory_holds_only_generated_files() {
         .map(|p| p.file_name().expect("file name").to_string_lossy().into_owned())
         .collect();
     let extra: Vec<_> = present.difference(&expected).collect();
-    assert!(extra.is_empty(), "crds/generated has files no type generates: {extra:?}; delete them or add the kind to ssis_crds::generate::all_crds");
+    assert!(
+        extra.is_empty(),
+        "crds/generated has files no type generates: {extra:?}; delete them or add the kind to ssis_crds::generate::all_crds"
+    );
 }
 
 #[test]

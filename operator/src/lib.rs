@@ -3,4 +3,5 @@
 pub mod catalog;
 pub mod certs;
 pub mod cli;
+pub mod controller;
 pub mod plan;

@@ -184,7 +184,7 @@ impl Default for LegacyServiceSettings {
 /// `storePath` (a `FileSystemFolder`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.serverName) != has(self.storePath)").message("legacy folder: set exactly one of serverName (SqlServerFolder) or storePath (FileSystemFolder)"))]
+#[x_kube(validation = Rule::new("has(self.serverName) != has(self.storePath)").message("legacy folder: set exactly one of serverName (a SqlServerFolder) or storePath (a FileSystemFolder); remove the other"))]
 pub struct LegacyFolder {
     /// Folder name shown in SSMS; characters invalid in file names are not allowed.
     #[schemars(length(min = 1, max = 128), regex(pattern = r#"^[^"<>|:*?\\/]+$"#))]

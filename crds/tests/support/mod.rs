@@ -69,10 +69,18 @@ pub fn to_json_schema(node: &Value) -> Value {
 /// Build a draft-4 validator for one (converted) schema node. Formats such as `int32` are hints in
 /// the Kubernetes dialect, so format validation is off.
 pub fn json_validator(openapi: &Value) -> jsonschema::Validator {
+    let mut schema = to_json_schema(openapi);
+    // The root of a CRD schema declares only spec and status; apiVersion, kind and metadata are
+    // validated by the API server itself.
+    if openapi.pointer("/properties/spec").is_some()
+        && let Some(root) = schema.as_object_mut()
+    {
+        root.remove("additionalProperties");
+    }
     jsonschema::options()
         .with_draft(jsonschema::Draft::Draft4)
         .should_validate_formats(false)
-        .build(&to_json_schema(openapi))
+        .build(&schema)
         .unwrap_or_else(|e| panic!("schema does not compile as JSON Schema: {e}"))
 }
 

@@ -1,0 +1,241 @@
+//! Controllers: one level-triggered reconcile of the whole "world".
+//!
+//! HostConfigs merge contributions from every group and worker on a node, so the planning unit is
+//! every custom resource at once: [`reconcile_world`] runs dereference → plan (pure) → apply →
+//! update_status. It is a plain async function so the end-to-end harness can step it against an
+//! in-memory API server; [`runner`] adds watches, debounce, backoff and leader election around it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::catalog::Catalog;
+
+pub mod apply;
+pub mod certificates;
+pub mod dereference;
+pub mod leader;
+pub mod metrics;
+pub mod plan_hooks;
+pub mod runner;
+pub mod startup;
+pub mod status;
+
+pub use certificates::{CertificateIssuer, IssuedMaterial, TlsMaterial};
+pub use dereference::World;
+pub use leader::{LeaderElector, LeaseSettings, LeaseStep};
+pub use metrics::Metrics;
+pub use startup::{CrdCheckError, check_crds};
+
+/// Field manager of every server-side apply the operator does.
+pub const FIELD_MANAGER: &str = "ssis-operator";
+/// Finalizer that guards cleanup (disable the worker, untrust its certificate on every master).
+pub const FINALIZER: &str = "ssis.sqlops.io/cleanup";
+/// Label carrying a hash of the certificate id on issued-certificate Secrets (ids contain `/`,
+/// which label values cannot).
+pub const CERTIFICATE_ID_LABEL: &str = "ssis.sqlops.io/certificate-id";
+/// Name of the Windows-node label value selector.
+pub const WINDOWS_NODE_LABEL: &str = "kubernetes.io/os";
+
+/// Source of the current time; injectable so tests and the harness drive time without sleeping.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> jiff::Timestamp;
+}
+
+/// The wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+}
+
+/// A clock that only moves when told to (tests, the deterministic harness).
+#[derive(Clone, Debug)]
+pub struct ManualClock(Arc<Mutex<jiff::Timestamp>>);
+
+impl ManualClock {
+    pub fn new(start: jiff::Timestamp) -> Self {
+        Self(Arc::new(Mutex::new(start)))
+    }
+
+    pub fn set(&self, now: jiff::Timestamp) {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = now;
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut now = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let by = jiff::SignedDuration::try_from(by).unwrap_or(jiff::SignedDuration::MAX);
+        *now = now.saturating_add(by).unwrap_or(*now);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> jiff::Timestamp {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Everything a reconcile pass needs.
+pub struct Context<C: Catalog> {
+    pub client: kube::Client,
+    pub catalog: C,
+    /// Namespace the operator runs in: host-material Secrets and the leader Lease live here.
+    pub operator_namespace: String,
+    /// Namespaces whose custom resources are reconciled; empty means all namespaces.
+    pub watch_namespaces: Vec<String>,
+    pub clock: Arc<dyn Clock>,
+    pub recorder: Recorder,
+    pub issuer: Arc<dyn CertificateIssuer>,
+    pub metrics: Arc<Metrics>,
+    /// Upper bound of concurrent SQL observations and status patches.
+    pub concurrency: usize,
+}
+
+impl<C: Catalog> Context<C> {
+    /// A context with the wall clock, fresh metrics and a concurrency of 4.
+    pub fn new(
+        client: kube::Client,
+        catalog: C,
+        operator_namespace: impl Into<String>,
+        issuer: Arc<dyn CertificateIssuer>,
+    ) -> Self {
+        let recorder = Recorder::new(client.clone(), Reporter { controller: FIELD_MANAGER.into(), instance: None });
+        Self {
+            client,
+            catalog,
+            operator_namespace: operator_namespace.into(),
+            watch_namespaces: vec![],
+            clock: Arc::new(SystemClock),
+            recorder,
+            issuer,
+            metrics: Arc::new(Metrics::default()),
+            concurrency: 4,
+        }
+    }
+}
+
+/// What one pass did. A converged world reports zero writes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// HostConfig specs applied with server-side apply.
+    pub host_config_applies: u32,
+    /// HostConfigs deleted because no resource wants them any more.
+    pub host_config_deletes: u32,
+    /// Operator-namespace Secrets created, patched or deleted (certificates, password copies).
+    pub secret_writes: u32,
+    /// Status subresource patches of the custom resources.
+    pub status_patches: u32,
+    /// SQL actions executed successfully.
+    pub sql_actions: u32,
+    /// Finalizers added or removed.
+    pub finalizer_patches: u32,
+    /// Events published (only on transitions, so zero when converged).
+    pub events: u32,
+    /// Optimistic-concurrency conflicts (409): re-read and retried on the next pass.
+    pub conflicts: u32,
+    /// Some resource is Stalled (waits for a change by a human; longer requeue).
+    pub stalled: bool,
+    /// Transient problems (SQL unreachable, failed action, API error on one object), without
+    /// secret material. Non-empty means "retry with backoff".
+    pub problems: Vec<String>,
+    /// SQL actions still planned for each availability group after this pass.
+    pub pending_sql_actions: BTreeMap<String, usize>,
+}
+
+impl ReconcileReport {
+    /// Writes to the API or SQL Server (Events excluded).
+    pub fn writes(&self) -> u32 {
+        self.host_config_applies
+            + self.host_config_deletes
+            + self.secret_writes
+            + self.status_patches
+            + self.sql_actions
+            + self.finalizer_patches
+    }
+
+    /// Whether the next pass should come after a backoff delay.
+    pub fn needs_retry(&self) -> bool {
+        !self.problems.is_empty() || self.conflicts > 0
+    }
+
+    fn problem(&mut self, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(%message, "reconcile problem");
+        self.problems.push(message);
+    }
+}
+
+/// Errors that abort a whole pass (the world could not be read).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {what}: {source}")]
+    Read {
+        what: &'static str,
+        #[source]
+        source: Box<kube::Error>,
+    },
+    #[error("the planner panicked: {0}")]
+    PlannerPanicked(String),
+}
+
+/// One pass over the whole world: dereference → plan → apply → update_status.
+pub async fn reconcile_world<C: Catalog>(ctx: &Context<C>) -> Result<ReconcileReport, Error> {
+    let mut report = ReconcileReport::default();
+    let world = dereference::dereference(ctx, &mut report).await?;
+    let plan = run_planner(&world.input)?;
+    report.stalled = status::any_stalled(&plan);
+    apply::apply(ctx, &world, &plan, &mut report).await;
+    status::update_status(ctx, &world, &plan, &mut report).await;
+    ctx.metrics.record_report(&report);
+    Ok(report)
+}
+
+/// The planner is pure; a panic in it must not take the operator down with every other resource.
+fn run_planner(input: &crate::plan::PlanInput) -> Result<crate::plan::PlanOutput, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| crate::plan::plan(input))).map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Error::PlannerPanicked(message)
+    })
+}
+
+/// `namespace/name` of a namespaced object.
+pub(crate) fn object_key<K: kube::Resource>(object: &K) -> String {
+    format!(
+        "{}/{}",
+        object.meta().namespace.as_deref().unwrap_or_default(),
+        object.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// Whether an API error is an optimistic-concurrency conflict.
+pub(crate) fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
+}
+
+/// Whether an API error is "not found".
+pub(crate) fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
+/// Make a server-side apply body also remove fields that disappeared from the desired object:
+/// every key present in `current` but absent from `desired` is sent as `null`.
+pub(crate) fn null_removed_fields(current: &serde_json::Value, desired: &mut serde_json::Value) {
+    if let (Some(current), Some(desired)) = (current.as_object(), desired.as_object_mut()) {
+        for (key, current_value) in current {
+            match desired.get_mut(key) {
+                None => {
+                    desired.insert(key.clone(), serde_json::Value::Null);
+                }
+                Some(desired_value) => null_removed_fields(current_value, desired_value),
+            }
+        }
+    }
+}
