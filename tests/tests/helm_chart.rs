@@ -763,7 +763,8 @@ fn install_notes_tell_what_to_do_next() {
     for needle in [
         "kubectl -n ssis-operator rollout status deployment/ssis-operator",
         "kubectl -n ssis-operator rollout status daemonset/ssis-operator-agent",
-        "kubectl apply -n <namespace> -f examples/",
+        "kubectl apply -f examples/",
+        "kubectl wait --for=condition=Ready scaleoutworker --all -n ssis --timeout=10m",
         "kubectl get ssis -A",
         "kubectl wait --for=condition=Ready scaleoutworker/<name> -n <namespace> --timeout=10m",
         "kubectl apply --server-side --force-conflicts -f charts/ssis-operator/crds/",
@@ -783,6 +784,24 @@ fn install_notes_tell_what_to_do_next() {
     let notes = output.split("NOTES:").nth(1).expect("NOTES");
     assert!(notes.contains("ClusterRole ssis-operator-agent and Role ssis-operator-agent"), "{notes}");
     assert!(!notes.contains("daemonset/"), "{notes}");
+
+    // The example objects the NOTES name exist in examples/ (namespace ssis).
+    let mut examples = Vec::new();
+    for (file, bytes) in files_with_extension(&repo_root().join("examples"), "yaml") {
+        let text = String::from_utf8(bytes).unwrap_or_else(|_| panic!("examples/{file} is UTF-8"));
+        examples.extend(parse_documents(&text));
+    }
+    for (kind_name, object) in
+        [("SsisdbAvailabilityGroup", "ssisdb"), ("ScaleOutMasterGroup", "ssis-master"), ("Namespace", "ssis")]
+    {
+        assert!(
+            examples.iter().any(|doc| kind(doc) == kind_name && name(doc) == object),
+            "NOTES refer to {kind_name} {object}, which examples/ does not define"
+        );
+    }
+    let workers = of_kind(&examples, "ScaleOutWorker");
+    assert!(!workers.is_empty() && workers.iter().all(|worker| worker["metadata"]["namespace"] == "ssis"));
+    assert!(repo_root().join("examples/10-secrets.yaml").is_file());
 }
 
 // ---------------------------------------------------------------------------------------------
