@@ -173,12 +173,14 @@ pub fn execute(
             _ => None,
         })
         .collect();
+    let mut on_disk = applied.clone();
     if !restarts.is_empty() {
         // Record the decision first, so a crash between stop and start cannot lose it.
         let mut pending = applied.clone();
         pending.pending_restarts.extend(restarts.iter().cloned());
-        if pending != *applied && applied_state::save(host, &pending).is_ok() {
+        if pending != on_disk && applied_state::save(host, &pending).is_ok() {
             report.record(ActionKind::AgentStateWrite);
+            on_disk = pending;
         }
     }
     for action in &actions {
@@ -213,15 +215,12 @@ pub fn execute(
             }
         }
     }
-    if next_state != *applied {
-        let written = applied_state::load(host);
-        if written != next_state {
-            match applied_state::save(host, &next_state) {
-                Ok(()) => report.record(ActionKind::AgentStateWrite),
-                Err(error) => {
-                    report.failed_steps += 1;
-                    tracing::warn!(%error, "could not record applied restart tokens");
-                }
+    if next_state != on_disk {
+        match applied_state::save(host, &next_state) {
+            Ok(()) => report.record(ActionKind::AgentStateWrite),
+            Err(error) => {
+                report.failed_steps += 1;
+                tracing::warn!(%error, "could not record applied restart tokens");
             }
         }
     }

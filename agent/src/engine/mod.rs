@@ -165,13 +165,22 @@ pub fn reconcile_host(
     let plan = plan::plan(spec, &allow, &validated, &observed, &materials, &new_agent_id);
     let mut report = ApplyReport { refused_items: validated.refused.len() as u32, ..Default::default() };
     let outcomes = execute::execute(host, spec, &plan, &observed, &applied, &mut report);
-    let final_observation =
-        if report.total_writes() > 0 { observe::observe(host, spec, &allow, &validated) } else { observed };
+    let (final_observation, observed_values) = if report.total_writes() > 0 {
+        let after = observe::observe(host, spec, &allow, &validated);
+        // Observed values reported per item are those after the pass.
+        let values =
+            plan::plan(spec, &allow, &validated, &after, &plan::Materials::default(), &new_agent_id).observed_values;
+        (after, values)
+    } else {
+        let values = plan.observed_values.clone();
+        (observed, values)
+    };
     let status = status::build(status::StatusInput {
         spec,
         generation,
         validated: &validated,
         plan: &plan,
+        observed_values: &observed_values,
         outcomes: &outcomes,
         observed: &final_observation,
         previous,

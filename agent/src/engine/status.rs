@@ -23,6 +23,8 @@ pub struct StatusInput<'a> {
     pub generation: i64,
     pub validated: &'a Validated,
     pub plan: &'a Plan,
+    /// Observed value per item after the pass.
+    pub observed_values: &'a BTreeMap<String, String>,
     pub outcomes: &'a Outcomes,
     pub observed: &'a Observed,
     pub previous: Option<&'a HostConfigStatus>,
@@ -34,7 +36,7 @@ pub struct StatusInput<'a> {
 }
 
 fn item_status(input: &StatusInput<'_>, item: &str, kind: ssis_crds::ItemKind) -> ItemStatus {
-    let observed = input.plan.observed_values.get(item).cloned();
+    let observed = input.observed_values.get(item).cloned();
     let (state, reason, message) = if let Some(blocked) = input.plan.blocked.get(item) {
         (blocked.state, blocked.reason.to_string(), Some(blocked.message.clone()))
     } else if let Some(error) = input.outcomes.failed.get(item) {
