@@ -161,6 +161,7 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.additionalFolders) || self.additionalFolders.all(f, self.additionalFolders.exists_one(o, o.name == f.name))").message("legacyService.additionalFolders: folder names must be unique; rename or remove the duplicate"))]
 #[x_kube(validation = Rule::new("!has(self.additionalFolders) || !has(self.includeAllReplicas) || !self.includeAllReplicas || self.additionalFolders.all(f, !f.name.startsWith('MSDB-'))").message("legacyService.additionalFolders[].name: names starting with MSDB- are reserved for the per-replica folders of includeAllReplicas; choose another name"))]
+#[x_kube(validation = Rule::new("(has(self.includeAllReplicas) && self.includeAllReplicas) || (has(self.additionalFolders) && size(self.additionalFolders) > 0)").message("legacyService: with includeAllReplicas false the package store would list no SQL Server; set includeAllReplicas or add additionalFolders"))]
 pub struct LegacyServiceSettings {
     /// Add one `SqlServerFolder` per replica of the availability group (named `MSDB-<replica>`).
     #[serde(default = "default_true")]
