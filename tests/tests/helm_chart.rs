@@ -875,3 +875,35 @@ fn clusters_older_than_1_30_are_refused() {
     assert!(stderr.contains("kubeVersion") && stderr.contains(">=1.30.0-0"), "{stderr}");
     render(&["--kube-version", "1.30.0"]);
 }
+
+#[test]
+fn packaged_chart_carries_crds_schema_and_notes() {
+    let out_dir = std::env::temp_dir().join(format!("ssis-helm-package-{}", std::process::id()));
+    std::fs::create_dir_all(&out_dir).expect("create package dir");
+    let chart = chart_dir().display().to_string();
+    let destination = out_dir.display().to_string();
+    helm_ok(&["package", &chart, "--destination", &destination]);
+    let chart_yaml: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(chart_dir().join("Chart.yaml")).unwrap()).unwrap();
+    let tarball = out_dir.join(format!("ssis-operator-{}.tgz", chart_yaml["version"].as_str().expect("version")));
+    assert!(tarball.is_file(), "helm package wrote no {}", tarball.display());
+    let listing = std::process::Command::new("tar").arg("-tzf").arg(&tarball).output().expect("tar");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "ssis-operator/Chart.yaml",
+        "ssis-operator/values.yaml",
+        "ssis-operator/values.schema.json",
+        "ssis-operator/templates/NOTES.txt",
+        "ssis-operator/crds/hostconfigs.yaml",
+        "ssis-operator/crds/scaleoutmastergroups.yaml",
+        "ssis-operator/crds/scaleoutworkers.yaml",
+        "ssis-operator/crds/ssisdbavailabilitygroups.yaml",
+    ] {
+        assert!(listing.lines().any(|line| line == file), "{file} missing from the package:\n{listing}");
+    }
+    // The packaged chart renders the same manifests as the source directory.
+    let tarball_arg = tarball.display().to_string();
+    let packaged = helm_ok(&["template", RELEASE, &tarball_arg, "--namespace", NAMESPACE]);
+    assert_eq!(parse_documents(&packaged), render(&[]));
+    std::fs::remove_dir_all(&out_dir).ok();
+}
