@@ -261,6 +261,13 @@ async fn master_heartbeats_need_the_listener_or_primary_name_and_a_login_on_the_
     let report = &sim.ingest(&traffic, now())[KEY];
     assert_eq!(report.accepted_masters, ["MNODE1"]);
     assert_eq!(report.accepted_workers, [WORKER_ID.to_uppercase()]);
+    let fqdn = ScaleOutTraffic { masters: vec![master("agl-ssis.corp.local, 1433")], ..Default::default() };
+    assert_eq!(sim.ingest(&fqdn, now())[KEY].accepted_masters, ["MNODE1"]);
+    // The listener without its port, or with another port, is not the listener.
+    for name in ["agl-ssis", "agl-ssis,1533"] {
+        let wrong = ScaleOutTraffic { masters: vec![master(name)], ..Default::default() };
+        assert!(sim.ingest(&wrong, now())[KEY].accepted_masters.is_empty(), "{name}");
+    }
     let by_primary = ScaleOutTraffic { masters: vec![master("node1")], ..Default::default() };
     assert_eq!(sim.ingest(&by_primary, now())[KEY].accepted_masters, ["MNODE1"]);
 

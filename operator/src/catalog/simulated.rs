@@ -228,6 +228,14 @@ pub fn canonical_guid(id: &str) -> Option<String> {
     ok.then(|| id.to_ascii_uppercase())
 }
 
+/// `SqlServerName` designates the listener: `<listener>,<port>` (reference §6 step 5), the host
+/// part short or fully qualified (`agl-ssis.corp.local,1433`), case-insensitive.
+fn names_listener(listener: &SimListener, sql_server_name: &str) -> bool {
+    let Some((host, port)) = sql_server_name.rsplit_once(',') else { return false };
+    let short = host.trim().split('.').next().unwrap_or_default();
+    short.eq_ignore_ascii_case(&listener.name) && port.trim().parse::<u16>().ok() == Some(listener.port.unwrap_or(1433))
+}
+
 impl SqlWorld {
     /// A fresh world as described by `setup` (reference §6 steps 1-4, §9.2).
     pub fn new(setup: &WorldSetup) -> Self {
@@ -707,13 +715,11 @@ impl SqlWorld {
     fn ingest(&mut self, traffic: &ScaleOutTraffic, now: jiff::Timestamp) -> IngestReport {
         let mut report = IngestReport::default();
         let now = now.to_string();
-        let listener_server = self.listener.as_ref().map(|l| format!("{},{}", l.name, l.port.unwrap_or(1433)));
         let primary = self.primary().cloned();
         for master in &traffic.masters {
             let verdict = (|| {
                 let primary = primary.as_ref().ok_or("no reachable primary replica for the catalog database")?;
-                let via_listener =
-                    listener_server.as_deref().is_some_and(|l| l.eq_ignore_ascii_case(&master.sql_server_name));
+                let via_listener = self.listener.as_ref().is_some_and(|l| names_listener(l, &master.sql_server_name));
                 if !via_listener && !master.sql_server_name.eq_ignore_ascii_case(&primary.name) {
                     return Err("SqlServerName is neither the listener nor the current primary");
                 }
