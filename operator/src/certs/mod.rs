@@ -44,10 +44,11 @@ pub const RSA_BITS: usize = 2048;
 const BACKDATE: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// Produce the certificate a request asks for and the data of its operator-namespace Secret
-/// (`request.secret_name`). `tls_secret_data` is the data of the user's `kubernetes.io/tls`
+/// named `secret_name` (e.g. [`crate::plan::certificates::host_secret_name`]). `tls_secret_data` is the data of the user's `kubernetes.io/tls`
 /// Secret for [`CertificateRequestSource::FromTlsSecret`] (ignored otherwise).
 pub fn issue(
     request: &CertificateRequest,
+    secret_name: &str,
     tls_secret_data: Option<&BTreeMap<String, Vec<u8>>>,
     now: jiff::Timestamp,
     rng: &mut (impl CryptoRngCore + ?Sized),
@@ -65,7 +66,7 @@ pub fn issue(
     let pfx = package_pfx(&request.id, &der, &pkcs8, &password)?;
     let issued = IssuedCertificate {
         id: request.id.clone(),
-        secret_name: request.secret_name.clone(),
+        secret_name: secret_name.to_string(),
         thumbprint: info.thumbprint,
         not_before: info.not_before,
         not_after: info.not_after,

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 pub mod crd;
+pub mod plan;
 
 /// Operator for SQL Server Integration Services Scale Out with master high availability.
 #[derive(Parser, Debug)]
@@ -19,12 +20,15 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions of every kind as YAML, or write one file per kind.
     Crd(crd::CrdArgs),
+    /// Preview offline what the operator would do for a set of manifests (GitOps pull-request preview).
+    Plan(plan::PlanArgs),
 }
 
 /// Run a parsed command line; errors are printed with their causes.
 pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Crd(args) => crd::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -94,7 +94,9 @@ fn hex_sha1(data: &[u8]) -> String {
     Sha1::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Name of the operator-namespace Secret holding the host material of certificate `id`.
+/// A suggested name for the operator-namespace Secret holding the host material of certificate
+/// `id` (distinct per id, so old and new certificates of a rotation live in different Secrets).
+/// The planner always uses the name reported back in [`IssuedCertificate::secret_name`].
 pub fn host_secret_name(id: &str) -> String {
     format!("ssis-cert-{}", &hex_sha1(id.as_bytes())[..20])
 }
@@ -185,7 +187,6 @@ pub fn wanted_certificate(
 pub fn request_unless_issued(input: &PlanInput, wanted: &WantedCertificate) -> Option<CertificateRequest> {
     (!input.issued_certificates.contains_key(&wanted.id)).then(|| CertificateRequest {
         id: wanted.id.clone(),
-        secret_name: host_secret_name(&wanted.id),
         source: wanted.source.clone(),
     })
 }

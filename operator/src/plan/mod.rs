@@ -139,9 +139,6 @@ pub struct PlanEvent {
 pub struct CertificateRequest {
     /// Id the result is stored under (see [`IssuedCertificate::id`]).
     pub id: String,
-    /// Operator-namespace Secret the host material goes into (derived from the id, so old and
-    /// new certificates of a rotation live in different Secrets).
-    pub secret_name: String,
     pub source: CertificateRequestSource,
 }
 
