@@ -1,1 +1,216 @@
+//! The Kubernetes side of the agent: read the node's HostConfig, read referenced Secrets (by name,
+//! one namespace), run [`reconcile_host`] on a blocking thread, write the status with server-side
+//! apply on the status subresource (field manager `ssis-agent`), and repeat.
+//!
+//! Drift detection is a short poll: every `drift_interval` (default 2 s) the agent runs a full
+//! pass, which on a converged host is reads only (a few small files, two certificate stores,
+//! three services, one binding) and writes nothing — not even status. A poll covers every kind of
+//! drift the same way (files, certificate stores, registry, services, HTTP.SYS, the cluster role),
+//! works identically on Windows and on simulated hosts shared across processes, and keeps repair
+//! under 5 s; file-change notifications would cover files only and miss stores and services. A
+//! HostConfig watch (field selector `metadata.name=<node>`) triggers a pass at once when the spec
+//! changes. Failed passes back off exponentially (backon) instead of polling.
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use ssis_crds::HostConfig;
+
+use crate::engine::{AgentConfig, ApplyReport, SecretSource, reconcile_host};
+use crate::host::Host;
+
+/// Field manager of every status write.
+pub const FIELD_MANAGER: &str = "ssis-agent";
+
+/// The host shared between the async runtime and the blocking reconcile thread.
+pub type SharedHost = Arc<Mutex<Box<dyn Host>>>;
+
+/// Everything the runtime needs besides the client and the host.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Kubernetes node name = HostConfig name.
+    pub node_name: String,
+    /// The one namespace the agent reads Secrets from.
+    pub namespace: String,
+    pub agent: AgentConfig,
+    /// Time between drift polls on a healthy host.
+    pub drift_interval: Duration,
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// No HostConfig named after this node exists (yet).
+    NoHostConfig,
+    Synced {
+        status_written: bool,
+        report: ApplyReport,
+    },
+}
+
+/// Secrets read by name from one namespace, each fetched at most once per pass. Used from the
+/// blocking reconcile thread.
+pub struct KubeSecretSource {
+    api: Api<Secret>,
+    handle: tokio::runtime::Handle,
+    cache: Mutex<BTreeMap<String, Option<Secret>>>,
+}
+
+impl KubeSecretSource {
+    pub fn new(client: Client, namespace: &str, handle: tokio::runtime::Handle) -> Self {
+        Self { api: Api::namespaced(client, namespace), handle, cache: Mutex::new(BTreeMap::new()) }
+    }
+}
+
+impl SecretSource for KubeSecretSource {
+    fn get(&self, secret_name: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        let mut cache = self.cache.lock().map_err(|_| "secret cache poisoned".to_string())?;
+        if !cache.contains_key(secret_name) {
+            let fetched = self
+                .handle
+                .block_on(self.api.get_opt(secret_name))
+                .map_err(|error| format!("cannot read Secret {secret_name}: {error}"))?;
+            cache.insert(secret_name.to_string(), fetched);
+        }
+        let secret = cache.get(secret_name).cloned().flatten();
+        Ok(secret.and_then(|s| {
+            s.data
+                .and_then(|data| data.get(key).map(|v| v.0.clone()))
+                .or_else(|| s.string_data.and_then(|data| data.get(key).map(|v| v.clone().into_bytes())))
+        }))
+    }
+}
+
+/// One pass: read the HostConfig, reconcile the host, write the status if it changed.
+pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfig) -> anyhow::Result<SyncOutcome> {
+    let api: Api<HostConfig> = Api::all(client.clone());
+    let Some(host_config) = api.get_opt(&config.node_name).await? else {
+        return Ok(SyncOutcome::NoHostConfig);
+    };
+    let spec = host_config.spec.clone();
+    let generation = host_config.metadata.generation.unwrap_or(0);
+    let previous = host_config.status.clone();
+    let secrets = KubeSecretSource::new(client.clone(), &config.namespace, tokio::runtime::Handle::current());
+    let shared = host.clone();
+    let agent = config.agent.clone();
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    let (status, report) = tokio::task::spawn_blocking(move || {
+        let mut guard = shared.lock().map_err(|_| anyhow::anyhow!("host lock poisoned by an earlier panic"))?;
+        Ok::<_, anyhow::Error>(reconcile_host(
+            guard.as_mut(),
+            &spec,
+            generation,
+            &secrets,
+            previous.as_ref(),
+            now,
+            &agent,
+        ))
+    })
+    .await??;
+    let status_written = host_config.status.as_ref() != Some(&status);
+    if status_written {
+        let patch = serde_json::json!({
+            "apiVersion": "ssis.sqlops.io/v1alpha1",
+            "kind": "HostConfig",
+            "status": status,
+        });
+        api.patch_status(&host_config.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
+            .await?;
+    }
+    if report.total_writes() > 0 || report.failed_steps > 0 {
+        tracing::info!(
+            node = %config.node_name,
+            writes = report.total_writes(),
+            failed = report.failed_steps,
+            drift_repaired = report.drift_repaired,
+            changed = ?report.changed_items,
+            "host pass"
+        );
+    }
+    Ok(SyncOutcome::Synced { status_written, report })
+}
+
+fn retry_backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(500))
+        .with_max_delay(Duration::from_secs(60))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Run until `shutdown` resolves: a pass at start, on every HostConfig event and every
+/// `drift_interval`; failures back off exponentially.
+pub async fn run(
+    client: Client,
+    host: SharedHost,
+    config: RuntimeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let api: Api<HostConfig> = Api::all(client.clone());
+    let selector = format!("metadata.name={}", config.node_name);
+    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    tokio::pin!(shutdown);
+    let mut backoff = retry_backoff();
+    let mut delay = Duration::ZERO;
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                tracing::info!("shutting down");
+                return Ok(());
+            }
+            event = events.next() => {
+                if let Some(Err(error)) = event {
+                    tracing::warn!(%error, "HostConfig watch error");
+                    continue;
+                }
+            }
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = match sync_once(&client, &host, &config).await {
+            Ok(SyncOutcome::Synced { report, .. }) if report.failed_steps > 0 => {
+                backoff.next().unwrap_or(config.drift_interval)
+            }
+            Ok(outcome) => {
+                if outcome == SyncOutcome::NoHostConfig {
+                    tracing::debug!(node = %config.node_name, "no HostConfig for this node yet");
+                }
+                backoff = retry_backoff();
+                config.drift_interval
+            }
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "sync failed; retrying with backoff");
+                backoff.next().unwrap_or(config.drift_interval)
+            }
+        };
+    }
+}
+
+/// Resolves on Ctrl-C or (on Unix) SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
