@@ -69,14 +69,18 @@ fn step_2_2_generated_master_certificate_has_the_client_access_point_and_a_usabl
 
     let password = String::from_utf8(data[host_secret_keys::PFX_PASSWORD].clone()).expect("utf-8 password");
     assert!(password.len() >= 32 && password.chars().all(|c| c.is_ascii_alphanumeric()));
-    let store = KeyStore::from_pkcs12(&data[host_secret_keys::PFX], &password, Pkcs12ImportPolicy::Strict).expect("PFX opens");
+    let store =
+        KeyStore::from_pkcs12(&data[host_secret_keys::PFX], &password, Pkcs12ImportPolicy::Strict).expect("PFX opens");
     let (_, chain) = store.private_key_chain().expect("the PFX carries the private key");
     assert_eq!(chain.certs()[0].as_der(), der.as_slice());
     assert!(KeyStore::from_pkcs12(&data[host_secret_keys::PFX], "wrong", Pkcs12ImportPolicy::Strict).is_err());
 }
 
 fn tls_secret(certificate_pem: String, key_pem: String) -> BTreeMap<String, Vec<u8>> {
-    BTreeMap::from([("tls.crt".to_string(), certificate_pem.into_bytes()), ("tls.key".to_string(), key_pem.into_bytes())])
+    BTreeMap::from([
+        ("tls.crt".to_string(), certificate_pem.into_bytes()),
+        ("tls.key".to_string(), key_pem.into_bytes()),
+    ])
 }
 
 fn tls_request() -> CertificateRequest {
@@ -97,7 +101,8 @@ fn tls_secret_with_an_rsa_key_is_converted_keeping_its_thumbprint() {
     let certificate = params.self_signed(&key_pair).expect("self-signed");
     let key_pem = pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_bytes().to_vec()));
     let data = tls_secret(certificate.pem(), key_pem);
-    let (issued, host_data) = certs::issue(&tls_request(), "ssis-cert-tls", Some(&data), now(), &mut rng).expect("converted");
+    let (issued, host_data) =
+        certs::issue(&tls_request(), "ssis-cert-tls", Some(&data), now(), &mut rng).expect("converted");
     assert_eq!(issued.thumbprint, certs::thumbprint(certificate.der()));
     assert_eq!(host_data[host_secret_keys::CERTIFICATE_DER], certificate.der().to_vec());
     assert_eq!(issued.dns_names, vec!["ssis-master.corp.example.com".to_string()]);

@@ -76,8 +76,13 @@ fn json_output_carries_the_same_plan() {
 #[test]
 fn unknown_kind_names_the_file_and_document() {
     let mut manifests = Manifests::default();
-    let error = load_text("kind: Namespace\napiVersion: v1\n---\napiVersion: v1\nkind: ConfigMap\n", "cm.yaml", "default", &mut manifests)
-        .expect_err("unknown kind");
+    let error = load_text(
+        "kind: Namespace\napiVersion: v1\n---\napiVersion: v1\nkind: ConfigMap\n",
+        "cm.yaml",
+        "default",
+        &mut manifests,
+    )
+    .expect_err("unknown kind");
     let message = error.to_string();
     assert!(message.contains("cm.yaml, document 1") && message.contains("unknown kind ConfigMap"), "{message}");
 }
@@ -104,11 +109,8 @@ fn missing_file_is_a_clear_error_and_a_failing_exit_code() {
 #[test]
 fn binary_prints_text_and_json() {
     let dir = fixtures();
-    let text = Command::new(env!("CARGO_BIN_EXE_ssis-operator"))
-        .args(["plan", "-f"])
-        .arg(&dir)
-        .output()
-        .expect("binary runs");
+    let text =
+        Command::new(env!("CARGO_BIN_EXE_ssis-operator")).args(["plan", "-f"]).arg(&dir).output().expect("binary runs");
     assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
     assert!(String::from_utf8_lossy(&text.stdout).starts_with("# ssis-operator plan"));
     let json = Command::new(env!("CARGO_BIN_EXE_ssis-operator"))

@@ -33,7 +33,10 @@ fn step_3_one_master_certificate_with_its_key_in_root_and_bound_on_every_master_
             .find(|c| c.thumbprint == served)
             .expect("the shared master certificate on every master node");
         assert_eq!(certificate.store, CertStore::Root);
-        assert!(certificate.source.as_ref().and_then(|s| s.pfx_key.as_ref()).is_some(), "imported with its private key");
+        assert!(
+            certificate.source.as_ref().and_then(|s| s.pfx_key.as_ref()).is_some(),
+            "imported with its private key"
+        );
         // Pitfall 5: each master node has its own binding to the shared certificate.
         assert_eq!(spec.http_ssl_bindings.len(), 1);
         assert_eq!(spec.http_ssl_bindings[0].ip_port, "0.0.0.0:8391");
@@ -102,9 +105,17 @@ fn step_8_and_pitfall_8_master_address_scale_out_and_master_account_logins() {
     input.catalogs.insert(AG_KEY.into(), observation);
     let actions = actions(&plan(&input));
     assert!(actions.contains(&SqlAction::EnableScaleOut { replica: "SQL1".into() }));
-    assert!(actions.contains(&SqlAction::CreateWindowsLogin { replica: "SQL2".into(), account: r"CORP\svc-ssis-master".into() }));
+    assert!(
+        actions.contains(&SqlAction::CreateWindowsLogin {
+            replica: "SQL2".into(),
+            account: r"CORP\svc-ssis-master".into()
+        })
+    );
     assert!(!actions.iter().any(|a| matches!(a, SqlAction::CreateWindowsLogin { replica, .. } if replica == "SQL1")));
-    assert!(actions.contains(&SqlAction::GrantSsisAdmin { replica: "SQL1".into(), account: r"CORP\svc-ssis-master".into() }));
+    assert!(
+        actions
+            .contains(&SqlAction::GrantSsisAdmin { replica: "SQL1".into(), account: r"CORP\svc-ssis-master".into() })
+    );
     let address = SqlAction::UpdateMasterAddress {
         replica: "SQL1".into(),
         address: "https://ssis-master.corp.example.com:8391".into(),
@@ -169,8 +180,14 @@ fn step_6_1_and_6_3_password_change_updates_primary_and_logdb_info() {
     }
     let second = world.pass();
     let actions = actions(&second);
-    assert!(actions.contains(&SqlAction::SetLoggingLoginPassword { replica: "SQL1".into(), password: SecretValue::LoggingPassword }));
-    assert!(actions.contains(&SqlAction::SetLoggingLoginPassword { replica: "SQL2".into(), password: SecretValue::LoggingPassword }));
+    assert!(actions.contains(&SqlAction::SetLoggingLoginPassword {
+        replica: "SQL1".into(),
+        password: SecretValue::LoggingPassword
+    }));
+    assert!(actions.contains(&SqlAction::SetLoggingLoginPassword {
+        replica: "SQL2".into(),
+        password: SecretValue::LoggingPassword
+    }));
     assert!(actions.contains(&SqlAction::UpdateLogDbInfo {
         replica: "SQL1".into(),
         server_name: "agl-ssis.corp.example.com,1433".into(),
@@ -185,7 +202,10 @@ fn pitfall_9_logdb_info_pointing_at_a_node_is_moved_to_the_listener() {
     observation.ssisdb.as_mut().expect("ssisdb").master_properties.insert("CLUSTER_LOGDB_SERVER".into(), "SQL1".into());
     input.catalogs.insert(AG_KEY.into(), observation);
     let mut ag = availability_group();
-    ag.status = Some(SsisdbAvailabilityGroupStatus { logging_password_fingerprint: Some("f-logging-1".into()), ..Default::default() });
+    ag.status = Some(SsisdbAvailabilityGroupStatus {
+        logging_password_fingerprint: Some("f-logging-1".into()),
+        ..Default::default()
+    });
     input.availability_groups = vec![ag];
     assert!(actions(&plan(&input)).iter().any(|a| matches!(a, SqlAction::UpdateLogDbInfo { server_name, .. } if server_name == "agl-ssis.corp.example.com,1433")));
 }
@@ -198,9 +218,17 @@ fn pitfall_10_master_key_password_stored_on_every_replica_and_encrypted_on_prima
     observation.ssisdb.as_mut().expect("ssisdb").master_key_encrypted_by_server = false;
     input.catalogs.insert(AG_KEY.into(), observation);
     let actions = actions(&plan(&input));
-    assert!(actions.contains(&SqlAction::StoreMasterKeyPassword { replica: "SQL2".into(), password: SecretValue::CatalogPassword }));
-    assert!(!actions.iter().any(|a| matches!(a, SqlAction::StoreMasterKeyPassword { replica, .. } if replica == "SQL1")));
-    assert!(actions.contains(&SqlAction::EncryptMasterKeyByServiceKey { replica: "SQL1".into(), password: SecretValue::CatalogPassword }));
+    assert!(actions.contains(&SqlAction::StoreMasterKeyPassword {
+        replica: "SQL2".into(),
+        password: SecretValue::CatalogPassword
+    }));
+    assert!(
+        !actions.iter().any(|a| matches!(a, SqlAction::StoreMasterKeyPassword { replica, .. } if replica == "SQL1"))
+    );
+    assert!(actions.contains(&SqlAction::EncryptMasterKeyByServiceKey {
+        replica: "SQL1".into(),
+        password: SecretValue::CatalogPassword
+    }));
 }
 
 #[test]
@@ -209,8 +237,10 @@ fn pitfall_11_always_on_support_registered_for_a_missing_replica() {
     let mut observation = converged_observation();
     observation.ssisdb.as_mut().expect("ssisdb").always_on_replicas = vec!["SQL1".into()];
     input.catalogs.insert(AG_KEY.into(), observation);
-    input.availability_groups[0].status =
-        Some(SsisdbAvailabilityGroupStatus { logging_password_fingerprint: Some("f-logging-1".into()), ..Default::default() });
+    input.availability_groups[0].status = Some(SsisdbAvailabilityGroupStatus {
+        logging_password_fingerprint: Some("f-logging-1".into()),
+        ..Default::default()
+    });
     assert_eq!(
         actions(&plan(&input)),
         vec![SqlAction::RegisterAlwaysOnReplica { replica: "SQL1".into(), server_name: "SQL2".into() }]
@@ -286,10 +316,9 @@ fn pitfall_3_worker_cert_trusted_on_every_master_node() {
         output.host_configs["wk-1"].worker_settings.clone().expect("worker settings").worker_https_cert_thumbprint;
     for master in ["sql-1", "sql-2"] {
         assert!(
-            output.host_configs[master]
-                .certificates
-                .iter()
-                .any(|c| c.thumbprint == worker_thumbprint && c.store == CertStore::Root && c.ensure == Ensure::Present),
+            output.host_configs[master].certificates.iter().any(|c| c.thumbprint == worker_thumbprint
+                && c.store == CertStore::Root
+                && c.ensure == Ensure::Present),
             "worker certificate missing from Root on {master}"
         );
     }
@@ -314,7 +343,12 @@ fn step_8_5_worker_settings_and_restart_once_trusted_on_every_master() {
     assert_eq!(service.restart_token, None, "sql-2 has not trusted the worker yet");
     world.silent.clear();
     let output = world.converge(6);
-    let service = output.host_configs["wk-1"].services.iter().find(|s| s.role == ServiceRole::ScaleOutWorker).cloned().expect("service");
+    let service = output.host_configs["wk-1"]
+        .services
+        .iter()
+        .find(|s| s.role == ServiceRole::ScaleOutWorker)
+        .cloned()
+        .expect("service");
     assert!(service.restart_token.is_some(), "a restart is requested once every master trusts the worker");
 }
 
@@ -331,7 +365,10 @@ fn pitfall_14_worker_enabled_only_after_registration() {
     world.input.catalogs.get_mut(AG_KEY).expect("observation").ssisdb.as_mut().expect("ssisdb").worker_agents =
         vec![registered_row("wk-1", false)];
     let output = world.pass();
-    assert!(actions(&output).contains(&SqlAction::EnableWorkerAgent { replica: "SQL1".into(), worker_agent_id: agent_id("wk-1") }));
+    assert!(
+        actions(&output)
+            .contains(&SqlAction::EnableWorkerAgent { replica: "SQL1".into(), worker_agent_id: agent_id("wk-1") })
+    );
     assert_eq!(output.worker_statuses["ssis/wk-1"].nodes[0].phase, WorkerPhase::Enabling);
 
     world.input.catalogs.get_mut(AG_KEY).expect("observation").ssisdb.as_mut().expect("ssisdb").worker_agents =
@@ -351,7 +388,8 @@ fn step_8_8_worker_properties_substitute_the_node_name() {
     world.converge(6);
     let mut row = registered_row("wk-1", true);
     row.display_name = Some("WK-1".into());
-    world.input.catalogs.get_mut(AG_KEY).expect("observation").ssisdb.as_mut().expect("ssisdb").worker_agents = vec![row];
+    world.input.catalogs.get_mut(AG_KEY).expect("observation").ssisdb.as_mut().expect("ssisdb").worker_agents =
+        vec![row];
     let actions = actions(&world.pass());
     let property = |property: &str, value: &str| SqlAction::SetWorkerAgentProperty {
         replica: "SQL1".into(),
@@ -385,16 +423,29 @@ fn pool_enrolls_new_matching_nodes_and_removes_nodes_that_stop_matching() {
     let ssisdb = world.input.catalogs.get_mut(AG_KEY).expect("observation").ssisdb.as_mut().expect("ssisdb");
     ssisdb.worker_agents = vec![registered_row("etl-1", true)];
     world.pass();
-    let thumbprint = world.input.workers[0].status.as_ref().expect("status").nodes[0].certificate_thumbprint.clone().expect("thumbprint");
+    let thumbprint = world.input.workers[0].status.as_ref().expect("status").nodes[0]
+        .certificate_thumbprint
+        .clone()
+        .expect("thumbprint");
     world.input.nodes.iter_mut().find(|n| n.name == "etl-1").expect("node").labels.clear();
     let output = world.pass();
-    assert!(actions(&output).contains(&SqlAction::DisableWorkerAgent { replica: "SQL1".into(), worker_agent_id: agent_id("etl-1") }));
+    assert!(
+        actions(&output)
+            .contains(&SqlAction::DisableWorkerAgent { replica: "SQL1".into(), worker_agent_id: agent_id("etl-1") })
+    );
     for master in ["sql-1", "sql-2"] {
-        assert!(output.host_configs[master].certificates.iter().any(|c| c.thumbprint == thumbprint && c.ensure == Ensure::Absent));
+        assert!(
+            output.host_configs[master]
+                .certificates
+                .iter()
+                .any(|c| c.thumbprint == thumbprint && c.ensure == Ensure::Absent)
+        );
     }
-    let removing = output.worker_statuses["ssis/etl"].nodes.iter().find(|n| n.node_name == "etl-1").expect("still listed");
+    let removing =
+        output.worker_statuses["ssis/etl"].nodes.iter().find(|n| n.node_name == "etl-1").expect("still listed");
     assert_eq!(removing.phase, WorkerPhase::Removing);
-    let stopped = output.host_configs["etl-1"].services.iter().find(|s| s.role == ServiceRole::ScaleOutWorker).expect("service");
+    let stopped =
+        output.host_configs["etl-1"].services.iter().find(|s| s.role == ServiceRole::ScaleOutWorker).expect("service");
     assert_eq!(stopped.state, ServiceRunState::Stopped);
 
     // The catalog confirms; the agents applied: the node is dropped from the status.
@@ -493,7 +544,8 @@ fn rotation_never_trusts_unserved_master_cert() {
     let mut world = World::new(input());
     world.input.catalogs.insert(AG_KEY.into(), converged_observation());
     world.converge(6);
-    let old = world.input.master_groups[0].status.as_ref().and_then(|s| s.certificate.clone()).expect("served certificate");
+    let old =
+        world.input.master_groups[0].status.as_ref().and_then(|s| s.certificate.clone()).expect("served certificate");
     // Time passes into the renewal window (validity 365 days, renew 30 days before).
     world.input.now = now().checked_add(jiff::SignedDuration::from_hours(24 * 340)).expect("in range");
     let mut phases = Vec::new();
@@ -503,7 +555,8 @@ fn rotation_never_trusts_unserved_master_cert() {
             .iter()
             .map(|n| output.host_configs[*n].master_settings.clone().expect("settings").ssl_cert_thumbprint)
             .collect();
-        let pinned = output.host_configs["wk-1"].worker_settings.clone().expect("settings").master_https_cert_thumbprint;
+        let pinned =
+            output.host_configs["wk-1"].worker_settings.clone().expect("settings").master_https_cert_thumbprint;
         // Every thumbprint a worker is pinned to is served by every master in the same or an earlier pass.
         let applied_serving: Vec<String> = world
             .input
@@ -513,12 +566,20 @@ fn rotation_never_trusts_unserved_master_cert() {
             .filter_map(|h| h.spec.master_settings.as_ref().map(|m| m.ssl_cert_thumbprint.clone()))
             .collect();
         if pinned != old.thumbprint {
-            assert!(applied_serving.iter().all(|t| *t == pinned), "worker pinned to {pinned} while masters serve {applied_serving:?}");
+            assert!(
+                applied_serving.iter().all(|t| *t == pinned),
+                "worker pinned to {pinned} while masters serve {applied_serving:?}"
+            );
             assert!(masters_serving.iter().all(|t| *t == pinned));
         }
         // Whatever the masters serve, the worker trusts it in Root.
         for served in &masters_serving {
-            assert!(output.host_configs["wk-1"].certificates.iter().any(|c| &c.thumbprint == served && c.ensure == Ensure::Present));
+            assert!(
+                output.host_configs["wk-1"]
+                    .certificates
+                    .iter()
+                    .any(|c| &c.thumbprint == served && c.ensure == Ensure::Present)
+            );
         }
         let phase = output.master_group_statuses[GROUP_KEY].rotation.as_ref().map(|r| r.phase).unwrap_or_default();
         phases.push(phase);
@@ -556,7 +617,10 @@ fn rotation_waits_while_a_master_node_has_not_applied_the_previous_phase() {
     world.pass(); // requests the new certificate
     world.silent.insert("sql-2".into());
     let output = world.pass(); // starts TrustingNew
-    assert_eq!(output.master_group_statuses[GROUP_KEY].rotation.as_ref().map(|r| r.phase), Some(RotationPhase::TrustingNew));
+    assert_eq!(
+        output.master_group_statuses[GROUP_KEY].rotation.as_ref().map(|r| r.phase),
+        Some(RotationPhase::TrustingNew)
+    );
     for _ in 0..3 {
         let output = world.pass();
         let rotation = output.master_group_statuses[GROUP_KEY].rotation.clone().expect("rotation");
@@ -568,19 +632,23 @@ fn rotation_waits_while_a_master_node_has_not_applied_the_previous_phase() {
 fn worker_certificate_rotation_trusts_on_every_master_before_switching() {
     let mut world = World::new(input());
     world.converge(6);
-    let old = world.input.workers[0].status.as_ref().expect("status").nodes[0].certificate_thumbprint.clone().expect("thumbprint");
+    let old = world.input.workers[0].status.as_ref().expect("status").nodes[0]
+        .certificate_thumbprint
+        .clone()
+        .expect("thumbprint");
     world.input.now = now().checked_add(jiff::SignedDuration::from_hours(24 * 700)).expect("in range");
     for _ in 0..10 {
         let output = world.pass();
-        let presented = output.host_configs["wk-1"].worker_settings.clone().expect("settings").worker_https_cert_thumbprint;
+        let presented =
+            output.host_configs["wk-1"].worker_settings.clone().expect("settings").worker_https_cert_thumbprint;
         if presented != old {
             for master in ["sql-1", "sql-2"] {
-                let applied = world
-                    .input
-                    .host_configs
-                    .iter()
-                    .find(|h| h.metadata.name.as_deref() == Some(master))
-                    .is_some_and(|h| h.spec.certificates.iter().any(|c| c.thumbprint == presented && c.ensure == Ensure::Present));
+                let applied =
+                    world.input.host_configs.iter().find(|h| h.metadata.name.as_deref() == Some(master)).is_some_and(
+                        |h| {
+                            h.spec.certificates.iter().any(|c| c.thumbprint == presented && c.ensure == Ensure::Present)
+                        },
+                    );
                 assert!(applied, "worker presents {presented} before {master} trusts it");
             }
         }
@@ -615,7 +683,11 @@ fn converged_system_is_stable_with_no_actions_and_identical_status() {
 fn legacy_service_lists_every_replica_and_restarts_on_change() {
     let mut input = input();
     input.master_groups[0].spec.legacy_service = Some(LegacyServiceSettings {
-        additional_folders: vec![LegacyFolder { name: "File System".into(), server_name: None, store_path: Some(r"..\Packages".into()) }],
+        additional_folders: vec![LegacyFolder {
+            name: "File System".into(),
+            server_name: None,
+            store_path: Some(r"..\Packages".into()),
+        }],
         ..Default::default()
     });
     input.master_groups[0].spec.disable_trusted_issuer_list = true;
@@ -628,7 +700,11 @@ fn legacy_service_lists_every_replica_and_restarts_on_change() {
         assert_eq!(legacy.registry_pointer, RegistryPointerMode::Auto);
         let service = spec.services.iter().find(|s| s.role == ServiceRole::LegacySsisService).expect("MsDtsServer");
         assert_eq!(service.restart_on_change_of, vec!["legacyServiceConfig".to_string()]);
-        let schannel = spec.registry_values.iter().find(|r| r.value_name.as_deref() == Some("SendTrustedIssuerList")).expect("schannel");
+        let schannel = spec
+            .registry_values
+            .iter()
+            .find(|r| r.value_name.as_deref() == Some("SendTrustedIssuerList"))
+            .expect("schannel");
         assert_eq!((schannel.type_, schannel.data.as_str()), (RegistryValueType::DWord, "0"));
     }
 }

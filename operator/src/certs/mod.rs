@@ -10,7 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use p12_keystore::{Certificate as P12Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey, PrivateKeyChain};
+use p12_keystore::{
+    Certificate as P12Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey,
+    PrivateKeyChain,
+};
 use rand_core::CryptoRngCore;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
@@ -172,7 +175,10 @@ fn convert_tls_secret(
     let (_, certificate) =
         x509_parser::parse_x509_certificate(&der).map_err(|e| invalid(secret, format!("tls.crt: {e}")))?;
     if certificate.public_key().raw != public.as_bytes() {
-        return Err(invalid(secret, "tls.key does not belong to the certificate in tls.crt; put the matching pair in the Secret".into()));
+        return Err(invalid(
+            secret,
+            "tls.key does not belong to the certificate in tls.crt; put the matching pair in the Secret".into(),
+        ));
     }
     let pkcs8 = key
         .to_pkcs8_der()
@@ -241,7 +247,10 @@ fn package_pfx(id: &str, der: &[u8], pkcs8: &[u8], password: &str) -> Result<Vec
     let key = PrivateKey::from_der(pkcs8).map_err(|e| error(e.to_string()))?;
     let local_key_id = Sha1::digest(der).to_vec();
     let mut store = KeyStore::new();
-    store.add_entry("ssis-scale-out", KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, [certificate])));
+    store.add_entry(
+        "ssis-scale-out",
+        KeyStoreEntry::PrivateKeyChain(PrivateKeyChain::new(local_key_id, key, [certificate])),
+    );
     store
         .writer(password)
         .encryption_algorithm(EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc)
@@ -284,12 +293,7 @@ pub fn issued_from_annotations(secret_name: &str, map: &BTreeMap<String, String>
         thumbprint: map.get(annotations::THUMBPRINT)?.clone(),
         not_before: map.get(annotations::NOT_BEFORE)?.parse().ok()?,
         not_after: map.get(annotations::NOT_AFTER)?.parse().ok()?,
-        dns_names: map
-            .get(annotations::DNS_NAMES)?
-            .split(',')
-            .filter(|n| !n.is_empty())
-            .map(str::to_string)
-            .collect(),
+        dns_names: map.get(annotations::DNS_NAMES)?.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect(),
         source_fingerprint: map.get(annotations::SOURCE_FINGERPRINT).cloned(),
     })
 }

@@ -17,8 +17,8 @@ use ssis_crds::{
 };
 
 use crate::plan::{
-    CertificateRequest, CertificateRequestSource, IssuedCertificate, NodeInfo, PlanInput, PlanOutput, SecretCopy, SecretMeta,
-    fresh_install::fresh_install_observation, object_key, plan,
+    CertificateRequest, CertificateRequestSource, IssuedCertificate, NodeInfo, PlanInput, PlanOutput, SecretCopy,
+    SecretMeta, fresh_install::fresh_install_observation, object_key, plan,
 };
 
 /// Output formats.
@@ -54,7 +54,9 @@ pub fn run(args: PlanArgs) -> anyhow::Result<()> {
     let preview = preview(manifests, &args.operator_namespace, jiff::Timestamp::now());
     match args.output {
         OutputFormat::Text => print!("{}", render_text(&preview)),
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&preview).context("encoding the preview as JSON")?),
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&preview).context("encoding the preview as JSON")?)
+        }
     }
     Ok(())
 }
@@ -150,14 +152,21 @@ pub fn load_text(text: &str, file: &str, default_namespace: &str, manifests: &mu
                 if let Some(certificate) = data.get("tls.crt") {
                     manifests.tls_certificates.insert(key.clone(), certificate.clone());
                 }
-                manifests.secrets.insert(key, SecretMeta { keys: data.keys().cloned().collect(), fingerprint: fingerprint(&data) });
+                manifests
+                    .secrets
+                    .insert(key, SecretMeta { keys: data.keys().cloned().collect(), fingerprint: fingerprint(&data) });
             }
             ("v1", "Node") => {
                 let node: Node = typed(value, &at)?;
                 let labels = node.metadata.labels.clone().unwrap_or_default();
                 let os = node.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.operating_system.as_str());
-                let windows = labels.get("kubernetes.io/os").map(String::as_str) == Some("windows") || os == Some("windows");
-                manifests.nodes.push(NodeInfo { name: node.metadata.name.clone().unwrap_or_default(), labels, windows });
+                let windows =
+                    labels.get("kubernetes.io/os").map(String::as_str) == Some("windows") || os == Some("windows");
+                manifests.nodes.push(NodeInfo {
+                    name: node.metadata.name.clone().unwrap_or_default(),
+                    labels,
+                    windows,
+                });
             }
             ("v1", "Namespace") => {}
             (api_version, kind) => bail!(
@@ -239,7 +248,12 @@ pub fn preview(manifests: Manifests, operator_namespace: &str, now: jiff::Timest
         let mut names = BTreeSet::new();
         names.extend(manifests.master_groups.iter().flat_map(|g| g.spec.nodes.iter().cloned()));
         names.extend(manifests.workers.iter().filter_map(|w| w.spec.node_name.clone()));
-        names.extend(manifests.availability_groups.iter().flat_map(|a| a.spec.replicas.iter().filter_map(|r| r.node_name.clone())));
+        names.extend(
+            manifests
+                .availability_groups
+                .iter()
+                .flat_map(|a| a.spec.replicas.iter().filter_map(|r| r.node_name.clone())),
+        );
         if !names.is_empty() {
             notes.push(format!(
                 "no Node objects given; assuming these referenced nodes are Windows nodes: {}",
@@ -254,7 +268,8 @@ pub fn preview(manifests: Manifests, operator_namespace: &str, now: jiff::Timest
         }
         nodes = names.into_iter().map(|name| NodeInfo { name, labels: BTreeMap::new(), windows: true }).collect();
     }
-    notes.push("no SQL observation: SQL actions are planned as for a fresh installation (first replica primary)".into());
+    notes
+        .push("no SQL observation: SQL actions are planned as for a fresh installation (first replica primary)".into());
 
     let mut input = PlanInput {
         now,
@@ -320,7 +335,9 @@ fn preview_certificate(
         source_fingerprint: None,
     };
     match &request.source {
-        CertificateRequestSource::Generate { dns_names, validity_days, .. } => (placeholder(dns_names.clone(), *validity_days), true),
+        CertificateRequestSource::Generate { dns_names, validity_days, .. } => {
+            (placeholder(dns_names.clone(), *validity_days), true)
+        }
         CertificateRequestSource::FromTlsSecret { secret } => {
             let data = tls_certificates.get(secret).map(|c| BTreeMap::from([("tls.crt".to_string(), c.clone())]));
             match data.as_ref().map(|d| crate::certs::inspect_tls_secret(secret, d)) {
@@ -350,7 +367,8 @@ fn preview_certificate(
 fn feed_back_statuses(input: &mut PlanInput, output: &PlanOutput) -> bool {
     fn strip(conditions: &mut [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) {
         for condition in conditions {
-            condition.last_transition_time = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
+            condition.last_transition_time =
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::UNIX_EPOCH);
         }
     }
     let mut changed = false;
@@ -394,7 +412,12 @@ fn resources(output: &PlanOutput) -> Vec<PreviewResource> {
             details: status
                 .replicas
                 .iter()
-                .map(|r| format!("replica {} role={} catalogKeyReady={} loggingLoginReady={}", r.name, r.role, r.catalog_key_ready, r.logging_login_ready))
+                .map(|r| {
+                    format!(
+                        "replica {} role={} catalogKeyReady={} loggingLoginReady={}",
+                        r.name, r.role, r.catalog_key_ready, r.logging_login_ready
+                    )
+                })
                 .collect(),
         });
     }
@@ -474,7 +497,9 @@ pub fn render_text(preview: &Preview) -> String {
         for c in &spec.certificates {
             let material = match (&c.ensure, &c.source) {
                 (Ensure::Absent, _) => "remove".to_string(),
-                (Ensure::Present, Some(s)) if s.pfx_key.is_some() => format!("import with private key from secret {}", s.secret_name),
+                (Ensure::Present, Some(s)) if s.pfx_key.is_some() => {
+                    format!("import with private key from secret {}", s.secret_name)
+                }
                 (Ensure::Present, Some(s)) => format!("import public certificate from secret {}", s.secret_name),
                 (Ensure::Present, None) => "import (no source)".to_string(),
             };
@@ -483,7 +508,12 @@ pub fn render_text(preview: &Preview) -> String {
             } else {
                 format!(" keyReaders=[{}]", c.private_key_readers.join(","))
             };
-            line(format!("  certificate {} {} thumbprint={} {material}{readers}", c.name, store(c.store), thumb(&c.thumbprint)));
+            line(format!(
+                "  certificate {} {} thumbprint={} {material}{readers}",
+                c.name,
+                store(c.store),
+                thumb(&c.thumbprint)
+            ));
         }
         if let Some(m) = &spec.master_settings {
             line(format!(
@@ -502,7 +532,12 @@ pub fn render_text(preview: &Preview) -> String {
             ));
         }
         for b in &spec.http_ssl_bindings {
-            line(format!("  httpSslBinding {} thumbprint={} store={}", b.ip_port, thumb(&b.thumbprint), store(b.cert_store)));
+            line(format!(
+                "  httpSslBinding {} thumbprint={} store={}",
+                b.ip_port,
+                thumb(&b.thumbprint),
+                store(b.cert_store)
+            ));
         }
         if let Some(l) = &spec.legacy_service_config {
             line(format!(
@@ -511,8 +546,12 @@ pub fn render_text(preview: &Preview) -> String {
             ));
             for f in &l.folders {
                 match (&f.server_name, &f.store_path) {
-                    (Some(server), _) => line(format!("  legacyServiceConfig folder SqlServerFolder {} ServerName={server}", f.name)),
-                    (None, Some(path)) => line(format!("  legacyServiceConfig folder FileSystemFolder {} StorePath={path}", f.name)),
+                    (Some(server), _) => {
+                        line(format!("  legacyServiceConfig folder SqlServerFolder {} ServerName={server}", f.name))
+                    }
+                    (None, Some(path)) => {
+                        line(format!("  legacyServiceConfig folder FileSystemFolder {} StorePath={path}", f.name))
+                    }
                     (None, None) => line(format!("  legacyServiceConfig folder {}", f.name)),
                 }
             }
@@ -530,7 +569,12 @@ pub fn render_text(preview: &Preview) -> String {
             let logon = s
                 .logon
                 .as_ref()
-                .map(|l| format!(" logon={} password=<secret {}/{}>", l.username, l.password_secret_ref.name, l.password_secret_ref.key))
+                .map(|l| {
+                    format!(
+                        " logon={} password=<secret {}/{}>",
+                        l.username, l.password_secret_ref.name, l.password_secret_ref.key
+                    )
+                })
                 .unwrap_or_default();
             let start = s.start_type.map(|t| format!(" startType={t:?}")).unwrap_or_default();
             let token = s.restart_token.as_ref().map(|t| format!(" restartToken={t}")).unwrap_or_default();

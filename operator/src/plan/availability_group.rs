@@ -42,7 +42,10 @@ pub(crate) fn check_secret_key(
             false
         }
         Some(meta) if !meta.keys.contains(key) => {
-            findings.stall("SecretKeyMissing", format!("{field}: Secret {secret} has no key {key:?}; add it or fix the key name"));
+            findings.stall(
+                "SecretKeyMissing",
+                format!("{field}: Secret {secret} has no key {key:?}; add it or fix the key name"),
+            );
             false
         }
         Some(_) => true,
@@ -71,7 +74,14 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
         check_secret_key(input, &namespace, &credentials.secret.name, secret_key, field, &mut findings);
     }
     let catalog_ref = &spec.catalog_password_secret_ref;
-    check_secret_key(input, &namespace, &catalog_ref.name, &catalog_ref.key, "spec.catalogPasswordSecretRef", &mut findings);
+    check_secret_key(
+        input,
+        &namespace,
+        &catalog_ref.name,
+        &catalog_ref.key,
+        "spec.catalogPasswordSecretRef",
+        &mut findings,
+    );
     let logging_ref = &spec.logging_login.password_secret_ref;
     check_secret_key(
         input,
@@ -82,7 +92,8 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
         &mut findings,
     );
     if spec.replicas.is_empty() {
-        findings.stall("NoReplicas", "spec.replicas is empty; list every SQL Server instance of the availability group");
+        findings
+            .stall("NoReplicas", "spec.replicas is empty; list every SQL Server instance of the availability group");
     }
 
     let mut status = SsisdbAvailabilityGroupStatus {
@@ -93,7 +104,8 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
         ..Default::default()
     };
     let scale_out_wanted = input.master_groups.iter().any(|g| {
-        namespace_of(&g.metadata) == namespace && Some(g.spec.availability_group_ref.name.as_str()) == ag.metadata.name.as_deref()
+        namespace_of(&g.metadata) == namespace
+            && Some(g.spec.availability_group_ref.name.as_str()) == ag.metadata.name.as_deref()
     });
 
     match input.catalogs.get(&key) {
@@ -230,11 +242,8 @@ fn plan_observed(
                 spec.database_name
             ),
         );
-        status.replicas = spec
-            .replicas
-            .iter()
-            .map(|r| replica_status(&r.name, observed(&r.name), None, false, None))
-            .collect();
+        status.replicas =
+            spec.replicas.iter().map(|r| replica_status(&r.name, observed(&r.name), None, false, None)).collect();
         return;
     };
 
@@ -273,12 +282,16 @@ fn plan_observed(
         pass.sql(
             key,
             SqlStage::CatalogKey,
-            SqlAction::EncryptMasterKeyByServiceKey { replica: primary.clone(), password: SecretValue::CatalogPassword },
+            SqlAction::EncryptMasterKeyByServiceKey {
+                replica: primary.clone(),
+                password: SecretValue::CatalogPassword,
+            },
         );
     }
 
     // Reference §5.3 / pitfall 8: Scale Out enabled on the catalog (creates the logging login).
-    let scale_out_enabled = ssisdb.master_properties.get("IS_SCALEOUT_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("TRUE"));
+    let scale_out_enabled =
+        ssisdb.master_properties.get("IS_SCALEOUT_ENABLED").is_some_and(|v| v.eq_ignore_ascii_case("TRUE"));
     let enabling_now = scale_out_wanted && !scale_out_enabled;
     if enabling_now {
         pass.sql(key, SqlStage::EnableScaleOut, SqlAction::EnableScaleOut { replica: primary.clone() });
@@ -320,7 +333,13 @@ fn plan_observed(
         .replicas
         .iter()
         .map(|r| {
-            replica_status(&r.name, observed(&r.name), primary_sid.as_deref(), ssisdb.master_key_encrypted_by_server, Some(&primary))
+            replica_status(
+                &r.name,
+                observed(&r.name),
+                primary_sid.as_deref(),
+                ssisdb.master_key_encrypted_by_server,
+                Some(&primary),
+            )
         })
         .collect();
 }
@@ -471,12 +490,10 @@ fn plan_logging_login(
     }
 
     // Reference §6 step 6.3: the logging connection points at the listener, with the current password.
-    let logdb_server = observation
-        .ssisdb
-        .as_ref()
-        .and_then(|s| s.master_properties.get("CLUSTER_LOGDB_SERVER"))
-        .map(String::as_str);
-    let password_changed = logging_fingerprint.is_some() && logging_fingerprint != previous.logging_password_fingerprint.as_deref();
+    let logdb_server =
+        observation.ssisdb.as_ref().and_then(|s| s.master_properties.get("CLUSTER_LOGDB_SERVER")).map(String::as_str);
+    let password_changed =
+        logging_fingerprint.is_some() && logging_fingerprint != previous.logging_password_fingerprint.as_deref();
     if logdb_server != Some(server_name) || password_changed || set_on_primary {
         pass.sql(
             key,

@@ -4,7 +4,7 @@
 
 use sha1::{Digest, Sha1};
 use ssis_crds::{
-    CertificateMaterialRef, CertificateSource, Ensure, HostCertificate, RotationPhase, RotationStatus, CertStore,
+    CertStore, CertificateMaterialRef, CertificateSource, Ensure, HostCertificate, RotationPhase, RotationStatus,
     host_secret_keys,
 };
 
@@ -133,14 +133,18 @@ pub fn wanted_certificate(
         let Some(meta) = input.secrets.get(&key) else {
             return Err((
                 "CertificateSecretNotFound".into(),
-                format!("certificate.secretRef: Secret {key} does not exist; create the kubernetes.io/tls Secret (e.g. with cert-manager) or use certificate.generate"),
+                format!(
+                    "certificate.secretRef: Secret {key} does not exist; create the kubernetes.io/tls Secret (e.g. with cert-manager) or use certificate.generate"
+                ),
             ));
         };
         for required in ["tls.crt", "tls.key"] {
             if !meta.keys.contains(required) {
                 return Err((
                     "CertificateSecretInvalid".into(),
-                    format!("certificate.secretRef: Secret {key} has no key {required}; it must be a kubernetes.io/tls Secret with tls.crt and tls.key"),
+                    format!(
+                        "certificate.secretRef: Secret {key} has no key {required}; it must be a kubernetes.io/tls Secret with tls.crt and tls.key"
+                    ),
                 ));
             }
         }
@@ -185,10 +189,8 @@ pub fn wanted_certificate(
 
 /// The request for a wanted certificate, unless it has been issued already.
 pub fn request_unless_issued(input: &PlanInput, wanted: &WantedCertificate) -> Option<CertificateRequest> {
-    (!input.issued_certificates.contains_key(&wanted.id)).then(|| CertificateRequest {
-        id: wanted.id.clone(),
-        source: wanted.source.clone(),
-    })
+    (!input.issued_certificates.contains_key(&wanted.id))
+        .then(|| CertificateRequest { id: wanted.id.clone(), source: wanted.source.clone() })
 }
 
 /// What the hosts must hold in one phase of a master certificate rotation.

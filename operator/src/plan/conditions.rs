@@ -57,7 +57,9 @@ impl Findings {
         };
         [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)]
             .into_iter()
-            .map(|(type_, (status, reason, message))| condition(type_, status, reason, message, generation, previous, now))
+            .map(|(type_, (status, reason, message))| {
+                condition(type_, status, reason, message, generation, previous, now)
+            })
             .collect()
     }
 }

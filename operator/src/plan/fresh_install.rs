@@ -36,9 +36,6 @@ pub fn fresh_install_observation(ag: &SsisdbAvailabilityGroup) -> CatalogObserva
                 master_account_logins: vec![],
             })
             .collect(),
-        ssisdb: Some(SsisdbObservation {
-            master_key_encrypted_by_server: true,
-            ..Default::default()
-        }),
+        ssisdb: Some(SsisdbObservation { master_key_encrypted_by_server: true, ..Default::default() }),
     }
 }

@@ -46,7 +46,14 @@ fn logon_account(pass: &mut Pass, group: &ScaleOutMasterGroup, key: &str, findin
     let namespace = namespace_of(&group.metadata);
     let secret = &account.password_secret_ref;
     let copy_name = super::certificates::logon_secret_name(KIND, key);
-    if check_secret_key(pass.input, namespace, &secret.name, &secret.key, "spec.serviceAccount.passwordSecretRef", findings) {
+    if check_secret_key(
+        pass.input,
+        namespace,
+        &secret.name,
+        &secret.key,
+        "spec.serviceAccount.passwordSecretRef",
+        findings,
+    ) {
         pass.output.secret_copies.insert(
             copy_name.clone(),
             SecretCopy {
@@ -82,7 +89,8 @@ pub(crate) fn plan_master_group(
 
     // Reference §6 step 5: SqlServerName is the SSISDB listener, never a node name (pitfall 16).
     let availability_group: Option<&SsisdbAvailabilityGroup> = input.availability_groups.iter().find(|ag| {
-        namespace_of(&ag.metadata) == namespace && ag.metadata.name.as_deref() == Some(spec.availability_group_ref.name.as_str())
+        namespace_of(&ag.metadata) == namespace
+            && ag.metadata.name.as_deref() == Some(spec.availability_group_ref.name.as_str())
     });
     let sql_server_name = availability_group.map(|ag| listener_server_name(&ag.spec));
     if availability_group.is_none() {
@@ -102,7 +110,8 @@ pub(crate) fn plan_master_group(
     let mut nodes: Vec<String> = Vec::new();
     let mut node_statuses: BTreeMap<String, MasterNodeStatus> = BTreeMap::new();
     if spec.nodes.is_empty() {
-        findings.stall("NoMasterNodes", "spec.nodes is empty; list the Windows nodes with the Scale Out Master installed");
+        findings
+            .stall("NoMasterNodes", "spec.nodes is empty; list the Windows nodes with the Scale Out Master installed");
     }
     for (index, node) in spec.nodes.iter().enumerate() {
         if nodes.contains(node) || node_statuses.contains_key(node) {
@@ -125,7 +134,9 @@ pub(crate) fn plan_master_group(
     let workers_of_group: BTreeSet<String> = worker_nodes
         .values()
         .filter(|r| r.group.as_deref() == Some(key.as_str()) && !r.deleting)
-        .flat_map(|r| r.nodes.iter().flatten().filter(|n| pass.conflicts.get(&Owner::Worker(r.key.clone()), n).is_none()))
+        .flat_map(|r| {
+            r.nodes.iter().flatten().filter(|n| pass.conflicts.get(&Owner::Worker(r.key.clone()), n).is_none())
+        })
         .cloned()
         .collect();
     let certificate = plan_master_certificate(pass, group, &key, &nodes, &workers_of_group, &previous, &mut findings);
@@ -147,7 +158,11 @@ pub(crate) fn plan_master_group(
         if let Some(layout) = &layout {
             // Reference §6 step 3: the same certificate WITH its private key in LocalMachine\Root.
             for material in &layout.trusted {
-                items.certificates.push(material.with_key(cert_item::master_with_key(&material.thumbprint), CertStore::Root, vec![]));
+                items.certificates.push(material.with_key(
+                    cert_item::master_with_key(&material.thumbprint),
+                    CertStore::Root,
+                    vec![],
+                ));
             }
             for thumbprint in &layout.removed {
                 items.certificates.push(absent(cert_item::master_with_key(thumbprint), CertStore::Root, thumbprint));
@@ -233,12 +248,19 @@ pub(crate) fn plan_master_group(
         let status = observe_master_node(pass, node, &items, layout.is_some());
         if status.phase != "Ready" {
             let message = status.message.clone().unwrap_or_default();
-            findings.progress(if status.phase == "Unreachable" { "AgentNotReporting" } else { "ApplyingHostConfig" }, message);
+            findings.progress(
+                if status.phase == "Unreachable" { "AgentNotReporting" } else { "ApplyingHostConfig" },
+                message,
+            );
         }
         node_statuses.insert(node.clone(), status);
         pass.contributions.push(Contribution {
             node: node.clone(),
-            contributor: Contributor { kind: KIND.into(), namespace: namespace.clone(), name: group.metadata.name.clone().unwrap_or_default() },
+            contributor: Contributor {
+                kind: KIND.into(),
+                namespace: namespace.clone(),
+                name: group.metadata.name.clone().unwrap_or_default(),
+            },
             version: spec.sql_version,
             items,
         });
@@ -265,7 +287,10 @@ pub(crate) fn plan_master_group(
         && !nodes.is_empty()
         && nodes.iter().all(|n| pass.inventory.cluster_role(n).is_none_or(|r| !r.exists))
     {
-        findings.progress("ClusterRoleMissing", format!("waiting for the cluster role {network_name} to be created on {}", nodes[0]));
+        findings.progress(
+            "ClusterRoleMissing",
+            format!("waiting for the cluster role {network_name} to be created on {}", nodes[0]),
+        );
     }
 
     let status = ScaleOutMasterGroupStatus {
@@ -300,7 +325,13 @@ pub(crate) fn plan_master_group(
     }
 }
 
-fn node_status(name: &str, phase: &str, ready: bool, service_state: Option<String>, message: Option<String>) -> MasterNodeStatus {
+fn node_status(
+    name: &str,
+    phase: &str,
+    ready: bool,
+    service_state: Option<String>,
+    message: Option<String>,
+) -> MasterNodeStatus {
     MasterNodeStatus { name: name.to_string(), phase: phase.to_string(), ready, service_state, message }
 }
 
@@ -327,10 +358,22 @@ fn observe_master_node(pass: &Pass, node: &str, items: &HostConfigSpec, certific
     }
     let pending = pending_items(pass, node, items);
     if !certificate_known {
-        return node_status(node, "Applying", false, service_state, Some(format!("node {node}: waiting for the master certificate")));
+        return node_status(
+            node,
+            "Applying",
+            false,
+            service_state,
+            Some(format!("node {node}: waiting for the master certificate")),
+        );
     }
     if !pending.is_empty() {
-        return node_status(node, "Applying", false, service_state, Some(format!("node {node}: applying {}", pending.join(", "))));
+        return node_status(
+            node,
+            "Applying",
+            false,
+            service_state,
+            Some(format!("node {node}: applying {}", pending.join(", "))),
+        );
     }
     node_status(node, "Ready", true, service_state, None)
 }
@@ -355,7 +398,8 @@ pub(crate) fn pending_items(pass: &Pass, node: &str, items: &HostConfigSpec) -> 
         pending.push(item_name::WORKER_SETTINGS.into());
     }
     if let Some(legacy) = &items.legacy_service_config
-        && !inventory.applied(node, item_name::LEGACY_SERVICE_CONFIG, |s| s.legacy_service_config.as_ref() == Some(legacy))
+        && !inventory
+            .applied(node, item_name::LEGACY_SERVICE_CONFIG, |s| s.legacy_service_config.as_ref() == Some(legacy))
     {
         pending.push(item_name::LEGACY_SERVICE_CONFIG.into());
     }
@@ -369,7 +413,10 @@ pub(crate) fn pending_items(pass: &Pass, node: &str, items: &HostConfigSpec) -> 
         let name = item_name::service(service.role);
         let same = |s: &HostConfigSpec| {
             s.services.iter().any(|x| {
-                x.role == service.role && x.state == service.state && x.start_type == service.start_type && x.logon == service.logon
+                x.role == service.role
+                    && x.state == service.state
+                    && x.start_type == service.start_type
+                    && x.logon == service.logon
             })
         };
         if !inventory.applied(node, &name, same) {
@@ -392,7 +439,8 @@ pub(crate) fn pending_items(pass: &Pass, node: &str, items: &HostConfigSpec) -> 
     pending
 }
 
-type CertificateOutcome = (Option<MasterCertificateLayout>, Option<CertificateStatus>, Option<ssis_crds::RotationStatus>);
+type CertificateOutcome =
+    (Option<MasterCertificateLayout>, Option<CertificateStatus>, Option<ssis_crds::RotationStatus>);
 
 /// Reference §7 "Master cert change": issue, then TrustingNew → SwitchingMasters →
 /// SwitchingWorkers → RemovingOld → Idle, one phase per pass, each only after every involved
@@ -421,7 +469,8 @@ fn plan_master_certificate(
     });
 
     // A rotation in progress continues to its end before another one starts.
-    if let (Some(current), Some(rotation)) = (&current, previous.rotation.as_ref().filter(|r| r.phase != RotationPhase::Idle))
+    if let (Some(current), Some(rotation)) =
+        (&current, previous.rotation.as_ref().filter(|r| r.phase != RotationPhase::Idle))
         && let Some(target) = rotation_target(rotation)
     {
         pass.output.retained_host_secrets.insert(current.secret_name.clone());
@@ -438,7 +487,13 @@ fn plan_master_certificate(
             return (Some(layout), current_status, Some(rotation.clone()));
         }
         let next = next_master_phase(rotation.phase);
-        pass.event(KIND, key, false, "CertificateRotation", format!("master certificate rotation: {:?} → {next:?}", rotation.phase));
+        pass.event(
+            KIND,
+            key,
+            false,
+            "CertificateRotation",
+            format!("master certificate rotation: {:?} → {next:?}", rotation.phase),
+        );
         if next == RotationPhase::Idle {
             pass.output.retained_host_secrets.remove(&current.secret_name);
             let issued = super::certificates::issued_by_thumbprint(input, &target.thumbprint);
@@ -463,7 +518,9 @@ fn plan_master_certificate(
         &spec.certificate,
         &dns_name,
         &required,
-        current.as_ref().map(|c| (c.thumbprint.as_str(), current_status.as_ref().map(|s| s.not_after.as_str()), current_names.as_slice())),
+        current.as_ref().map(|c| {
+            (c.thumbprint.as_str(), current_status.as_ref().map(|s| s.not_after.as_str()), current_names.as_slice())
+        }),
     );
     let wanted = match wanted {
         Ok(wanted) => wanted,
@@ -475,7 +532,8 @@ fn plan_master_certificate(
             return (current.as_ref().map(|c| master_layout(RotationPhase::Idle, c, None)), current_status, None);
         }
     };
-    let wanted = wanted.filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
+    let wanted = wanted
+        .filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
     if let Some(current) = &current {
         pass.output.retained_host_secrets.insert(current.secret_name.clone());
     }
@@ -501,11 +559,19 @@ fn plan_master_certificate(
     };
     match &current {
         // First certificate: nothing trusts an older one, so it is used directly.
-        None => (Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)), Some(issued_status), None),
+        None => (
+            Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)),
+            Some(issued_status),
+            None,
+        ),
         // Same certificate in a new Secret (e.g. the TLS Secret was re-applied): adopt it.
         Some(c) if c.thumbprint.eq_ignore_ascii_case(&issued.thumbprint) => {
             pass.output.retained_host_secrets.remove(&c.secret_name);
-            (Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)), Some(issued_status), None)
+            (
+                Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)),
+                Some(issued_status),
+                None,
+            )
         }
         Some(c) => {
             let rotation = start_rotation(input, &c.thumbprint, issued);
@@ -612,7 +678,11 @@ fn plan_master_sql(
         }
     }
     if !ssisdb.master_account_users.iter().any(|a| a.eq_ignore_ascii_case(account)) {
-        pass.sql(&ag_key, SqlStage::MasterAccount, SqlAction::GrantSsisAdmin { replica: primary.clone(), account: account.clone() });
+        pass.sql(
+            &ag_key,
+            SqlStage::MasterAccount,
+            SqlAction::GrantSsisAdmin { replica: primary.clone(), account: account.clone() },
+        );
     }
     if ssisdb.master_properties.get("MASTER_ADDRESS").map(String::as_str) != Some(endpoint) {
         pass.sql(

@@ -152,7 +152,6 @@ pub enum CertificateRequestSource {
     FromTlsSecret { secret: ObjectKey },
 }
 
-
 /// Order of SQL actions within one availability group, following reference §6: listener (step
 /// 4), catalog key (§9.3), Scale Out enabled (§5.3), logging login (step 6), Always On support
 /// (§9.2 step 3), master account, master address (step 8), then workers (§8 steps 7-8).

@@ -45,7 +45,8 @@ pub fn resolve_all(input: &PlanInput) -> BTreeMap<ObjectKey, ResolvedNodes> {
         let key = object_key(&worker.metadata);
         let namespace = namespace_of(&worker.metadata);
         let group_key = format!("{namespace}/{}", worker.spec.master_group_ref.name);
-        let version = input.master_groups.iter().find(|g| object_key(&g.metadata) == group_key).map(|g| g.spec.sql_version);
+        let version =
+            input.master_groups.iter().find(|g| object_key(&g.metadata) == group_key).map(|g| g.spec.sql_version);
         let deleting = worker.metadata.deletion_timestamp.is_some();
         let nodes = if deleting {
             Ok(vec![])
@@ -70,7 +71,8 @@ pub fn resolve_all(input: &PlanInput) -> BTreeMap<ObjectKey, ResolvedNodes> {
                 }
                 _ => Err((
                     "InvalidNodeSelection".to_string(),
-                    "spec: set exactly one of spec.nodeName (a single worker) or spec.nodeSelector (a pool)".to_string(),
+                    "spec: set exactly one of spec.nodeName (a single worker) or spec.nodeSelector (a pool)"
+                        .to_string(),
                 )),
             }
         };
@@ -92,7 +94,11 @@ pub struct WorkerCertificateLayout {
 
 /// Reference §7 "Worker cert change": the new certificate is trusted on every master node before
 /// the worker presents it (pitfall 3), and the old one is removed only afterwards.
-pub fn worker_layout(phase: RotationPhase, current: &HostMaterial, next: Option<&HostMaterial>) -> WorkerCertificateLayout {
+pub fn worker_layout(
+    phase: RotationPhase,
+    current: &HostMaterial,
+    next: Option<&HostMaterial>,
+) -> WorkerCertificateLayout {
     let Some(next) = next.filter(|n| n.thumbprint != current.thumbprint) else {
         return WorkerCertificateLayout { present: vec![current.clone()], removed: vec![], presented: current.clone() };
     };
@@ -147,7 +153,9 @@ pub(crate) fn plan_worker(
     if group.is_none() && !deleting {
         findings.stall(
             "MasterGroupNotFound",
-            format!("spec.masterGroupRef.name: ScaleOutMasterGroup {group_key} does not exist; create it or fix the name"),
+            format!(
+                "spec.masterGroupRef.name: ScaleOutMasterGroup {group_key} does not exist; create it or fix the name"
+            ),
         );
     }
     let desired: Vec<String> = match resolved_all.get(&key).map(|r| &r.nodes) {
@@ -159,14 +167,24 @@ pub(crate) fn plan_worker(
         None => vec![],
     };
     if !deleting && desired.is_empty() && spec.node_selector.is_some() && findings.stalled.is_empty() {
-        findings.progress("NoMatchingNodes", "spec.nodeSelector matches no Windows node yet; label nodes to add them to the pool");
+        findings.progress(
+            "NoMatchingNodes",
+            "spec.nodeSelector matches no Windows node yet; label nodes to add them to the pool",
+        );
     }
 
     // Worker service logon (reference §1); its password is copied for the agent.
     let logon = spec.service_account.as_ref().map(|account| {
         let copy_name = super::certificates::logon_secret_name(KIND, &key);
         let secret = &account.password_secret_ref;
-        if check_secret_key(input, &namespace, &secret.name, &secret.key, "spec.serviceAccount.passwordSecretRef", &mut findings) {
+        if check_secret_key(
+            input,
+            &namespace,
+            &secret.name,
+            &secret.key,
+            "spec.serviceAccount.passwordSecretRef",
+            &mut findings,
+        ) {
             pass.output.secret_copies.insert(
                 copy_name.clone(),
                 SecretCopy {
@@ -212,7 +230,8 @@ pub(crate) fn plan_worker(
         previous.nodes.iter().map(|n| (n.node_name.as_str(), n)).collect();
     let mut statuses = Vec::new();
     for node in &desired {
-        let status = plan_enrolled_node(pass, &context, node, previous_nodes.get(node.as_str()).copied(), &mut findings);
+        let status =
+            plan_enrolled_node(pass, &context, node, previous_nodes.get(node.as_str()).copied(), &mut findings);
         statuses.push(status);
     }
     let mut removals_pending = false;
@@ -330,7 +349,9 @@ fn plan_enrolled_node(
     let masters_not_trusting: Vec<&String> = group
         .nodes
         .iter()
-        .filter(|m| !pass.inventory.certificate_applied(m, CertStore::Root, &layout.presented.thumbprint, Ensure::Present))
+        .filter(|m| {
+            !pass.inventory.certificate_applied(m, CertStore::Root, &layout.presented.thumbprint, Ensure::Present)
+        })
         .collect();
     // Reference §8 step 6: restart the worker; once more when its certificate first becomes trusted
     // on every master, so it reconnects instead of waiting out a failed handshake.
@@ -395,7 +416,9 @@ fn plan_enrolled_node(
         return status;
     }
     let failed = pass.inventory.failed_items(node, |name| {
-        name.starts_with("certificate/") || name == item_name::WORKER_SETTINGS || name == item_name::service(ServiceRole::ScaleOutWorker)
+        name.starts_with("certificate/")
+            || name == item_name::WORKER_SETTINGS
+            || name == item_name::service(ServiceRole::ScaleOutWorker)
     });
     if !failed.is_empty() {
         let message = format!("node {node}: {}", failed.join("; "));
@@ -416,7 +439,8 @@ fn plan_enrolled_node(
 
     // Reference §8 step 7: wait for the worker to register itself, matched by its AgentId.
     let Some(agent_id) = agent_id else {
-        let message = format!("node {node}: the agent has not reported the worker's AgentId from WorkerSettings.config yet");
+        let message =
+            format!("node {node}: the agent has not reported the worker's AgentId from WorkerSettings.config yet");
         findings.progress("RegisteringWorker", message.clone());
         status.phase = WorkerPhase::Registering;
         status.message = Some(message);
@@ -553,13 +577,13 @@ fn plan_worker_certificate(
     let mut status = node_status(node, WorkerPhase::Configuring, None);
     let describe = |status: &mut WorkerNodeStatus, material: &HostMaterial| {
         status.certificate_thumbprint = Some(material.thumbprint.clone());
-        status.certificate_not_after = issued_by_thumbprint(input, &material.thumbprint).map(|i| i.not_after.to_string());
+        status.certificate_not_after =
+            issued_by_thumbprint(input, &material.thumbprint).map(|i| i.not_after.to_string());
     };
 
-    if let (Some(current), Some(rotation)) = (
-        &current,
-        previous.and_then(|p| p.certificate_rotation.as_ref()).filter(|r| r.phase != RotationPhase::Idle),
-    ) && let Some(target) = rotation_target(rotation)
+    if let (Some(current), Some(rotation)) =
+        (&current, previous.and_then(|p| p.certificate_rotation.as_ref()).filter(|r| r.phase != RotationPhase::Idle))
+        && let Some(target) = rotation_target(rotation)
     {
         pass.output.retained_host_secrets.insert(current.secret_name.clone());
         pass.output.retained_host_secrets.insert(target.secret_name.clone());
@@ -583,7 +607,8 @@ fn plan_worker_certificate(
     }
 
     let names = [node.to_string()];
-    let current_tuple = current_issued.map(|i| (i.thumbprint.as_str(), Some(i.not_after.to_string()), i.dns_names.as_slice()));
+    let current_tuple =
+        current_issued.map(|i| (i.thumbprint.as_str(), Some(i.not_after.to_string()), i.dns_names.as_slice()));
     let current_tuple = current_tuple.as_ref().map(|(t, n, d)| (*t, n.as_deref(), *d));
     let wanted = match wanted_certificate(
         input,
@@ -607,7 +632,8 @@ fn plan_worker_certificate(
     if let Some(current) = &current {
         pass.output.retained_host_secrets.insert(current.secret_name.clone());
     }
-    let wanted = wanted.filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
+    let wanted = wanted
+        .filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
     let issued = wanted.as_ref().and_then(|w| input.issued_certificates.get(&w.id));
     match (current, wanted, issued) {
         (Some(current), None, _) => {
@@ -704,7 +730,9 @@ fn plan_removal(
         .certificate_thumbprint
         .iter()
         .chain(previous.rotating_to_thumbprint.iter())
-        .chain(previous.certificate_rotation.iter().flat_map(|r| r.from_thumbprint.iter().chain(r.to_thumbprint.iter())))
+        .chain(
+            previous.certificate_rotation.iter().flat_map(|r| r.from_thumbprint.iter().chain(r.to_thumbprint.iter())),
+        )
         .cloned()
         .collect();
     let mut left = Vec::new();
@@ -768,7 +796,10 @@ fn plan_removal(
                     pass.sql(
                         ag_key,
                         SqlStage::WorkerEnable,
-                        SqlAction::DisableWorkerAgent { replica: primary.to_string(), worker_agent_id: agent_id.clone() },
+                        SqlAction::DisableWorkerAgent {
+                            replica: primary.to_string(),
+                            worker_agent_id: agent_id.clone(),
+                        },
                     );
                     left.push(format!("disabling worker {agent_id} in the catalog"));
                 } else if observation.ssisdb.is_none() {

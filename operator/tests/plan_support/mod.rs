@@ -35,10 +35,25 @@ pub fn availability_group() -> SsisdbAvailabilityGroup {
             availability_group_name: "AG_SSIS".into(),
             database_name: "SSISDB".into(),
             replicas: vec![
-                AvailabilityReplica { name: "SQL1".into(), host: "sql1.corp.example.com".into(), port: 1433, node_name: Some("sql-1".into()) },
-                AvailabilityReplica { name: "SQL2".into(), host: "sql2.corp.example.com".into(), port: 1433, node_name: Some("sql-2".into()) },
+                AvailabilityReplica {
+                    name: "SQL1".into(),
+                    host: "sql1.corp.example.com".into(),
+                    port: 1433,
+                    node_name: Some("sql-1".into()),
+                },
+                AvailabilityReplica {
+                    name: "SQL2".into(),
+                    host: "sql2.corp.example.com".into(),
+                    port: 1433,
+                    node_name: Some("sql-2".into()),
+                },
             ],
-            listener: ListenerSpec { name: "agl-ssis".into(), dns_domain: Some("corp.example.com".into()), port: 1433, create: None },
+            listener: ListenerSpec {
+                name: "agl-ssis".into(),
+                dns_domain: Some("corp.example.com".into()),
+                port: 1433,
+                create: None,
+            },
             admin_credentials: SqlCredentials {
                 secret: SecretRef { name: "sql-admin".into() },
                 username_key: "username".into(),
@@ -243,7 +258,11 @@ impl World {
                     secret_name: ssis_operator::plan::certificates::host_secret_name(&request.id),
                     thumbprint,
                     not_before: self.input.now,
-                    not_after: self.input.now.checked_add(jiff::SignedDuration::from_hours(24 * 365)).expect("in range"),
+                    not_after: self
+                        .input
+                        .now
+                        .checked_add(jiff::SignedDuration::from_hours(24 * 365))
+                        .expect("in range"),
                     dns_names: match &request.source {
                         ssis_operator::plan::CertificateRequestSource::Generate { dns_names, .. } => dns_names.clone(),
                         _ => vec![],
@@ -352,6 +371,9 @@ pub fn applied_status(node: &str, host: &HostConfig, now: jiff::Timestamp) -> Ho
     }
 }
 
-pub fn condition<'a>(conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition], type_: &str) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+pub fn condition<'a>(
+    conditions: &'a [k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
     conditions.iter().find(|c| c.type_ == type_).expect("condition present")
 }
