@@ -214,3 +214,34 @@ fn every_invalid_manifest_is_rejected_naming_the_field() {
         eprintln!("{}: {matching}", file.file_name().unwrap().to_string_lossy());
     }
 }
+
+#[test]
+fn preview_nodes_cover_every_node_the_examples_use() {
+    let nodes = load_documents(&workspace_root().join("examples/preview/nodes.yaml"));
+    let windows: BTreeMap<String, Value> = nodes
+        .iter()
+        .filter(|n| {
+            n.kind() == "Node" && n.value.pointer("/metadata/labels/kubernetes.io~1os") == Some(&"windows".into())
+        })
+        .map(|n| (n.name().to_string(), n.value["metadata"]["labels"].clone()))
+        .collect();
+    let pool_label = |labels: &Value| labels.get("ssis.sqlops.io/worker-pool").and_then(Value::as_str) == Some("etl");
+    for manifest in examples().iter().filter(|m| m.api_version() == API_VERSION) {
+        let spec = &manifest.value["spec"];
+        let mut used: Vec<&str> = spec["nodes"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+        used.extend(spec["replicas"].as_array().into_iter().flatten().filter_map(|r| r["nodeName"].as_str()));
+        used.extend(spec["nodeName"].as_str());
+        for node in used {
+            assert!(windows.contains_key(node), "{} uses node {node}, missing from examples/preview", manifest.name());
+        }
+        if let Some(node) = spec["nodeName"].as_str() {
+            assert!(
+                !pool_label(&windows[node]),
+                "{node} is enrolled by {} and must not be in the etl pool",
+                manifest.name()
+            );
+        }
+    }
+    let pool_size = windows.values().filter(|labels| pool_label(labels)).count();
+    assert!(pool_size >= 2, "the etl pool preview needs labelled nodes, found {pool_size}");
+}
