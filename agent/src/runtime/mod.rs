@@ -18,7 +18,7 @@ use std::time::Duration;
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use ssis_crds::HostConfig;
@@ -91,7 +91,10 @@ impl SecretSource for KubeSecretSource {
 /// One pass: read the HostConfig, reconcile the host, write the status if it changed.
 pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfig) -> anyhow::Result<SyncOutcome> {
     let api: Api<HostConfig> = Api::all(client.clone());
-    let Some(host_config) = api.get_opt(&config.node_name).await? else {
+    // A list with a name field selector: the same query as the watch, and it needs only list RBAC.
+    let selector = ListParams::default().fields(&format!("metadata.name={}", config.node_name));
+    let Some(host_config) = api.list(&selector).await?.items.into_iter().find(|h| h.name_any() == config.node_name)
+    else {
         return Ok(SyncOutcome::NoHostConfig);
     };
     let spec = host_config.spec.clone();
