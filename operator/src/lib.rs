@@ -5,3 +5,4 @@ pub mod certs;
 pub mod cli;
 pub mod controller;
 pub mod plan;
+pub mod simulation;

@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod crd;
 pub mod plan;
+pub mod simulate;
 
 /// Operator for SQL Server Integration Services Scale Out with master high availability.
 #[derive(Parser, Debug)]
@@ -22,6 +23,8 @@ pub enum Command {
     Crd(crd::CrdArgs),
     /// Preview offline what the operator would do for a set of manifests (GitOps pull-request preview).
     Plan(plan::PlanArgs),
+    /// Run the operator, agents, simulated hosts and a simulated SSISDB in process and show what happens.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Run a parsed command line; errors are printed with their causes.
@@ -29,6 +32,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Crd(args) => crd::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Simulate(args) => simulate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

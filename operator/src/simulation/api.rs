@@ -1,0 +1,265 @@
+//! The in-memory Kubernetes API of the simulated world: kube-fake-client with the four kinds
+//! registered (status subresources), plus Nodes, Secrets, Events and Leases. Every component gets
+//! its own `kube::Client` over the same store, so each write is counted by who made it, verb and
+//! resource; faults (409, 500, lost responses) are injected on the way in.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kube_fake_client::ClientBuilder;
+use ssis_crds::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup};
+
+/// Namespace under which the cluster-scoped kinds are stored: kube-fake-client 0.3 registers every
+/// custom kind as namespaced, so cluster-scoped paths are rewritten into this namespace.
+pub const CLUSTER_SCOPE_NAMESPACE: &str = "_cluster";
+
+/// Plurals of this API group's cluster-scoped kinds.
+const CLUSTER_SCOPED_PLURALS: &[&str] = &["hostconfigs"];
+
+/// Who sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Component {
+    /// The operator's `reconcile_world`.
+    Operator,
+    /// A node agent writing its HostConfig status.
+    Agent,
+    /// The harness acting as a user (`kubectl apply`, `kubectl label`, `kubectl delete`).
+    User,
+}
+
+impl std::fmt::Display for Component {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Component::Operator => "operator",
+            Component::Agent => "agent",
+            Component::User => "user",
+        })
+    }
+}
+
+/// One counted write: component, verb (`create`, `patch`, `update`, `delete`) and resource
+/// (plural, with `/status` for the status subresource).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WriteKey {
+    pub component: Component,
+    pub verb: String,
+    pub resource: String,
+}
+
+/// A fault injected into matching requests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiFault {
+    /// 409 Conflict, as for a stale resourceVersion.
+    Conflict,
+    /// 500 Internal Server Error.
+    ServerError,
+    /// The request reached the server and was applied, but the response never arrived.
+    TimeoutAfterApply,
+    /// The request never reached the server.
+    TimeoutBeforeApply,
+}
+
+/// Which requests a fault applies to, and how many more times.
+#[derive(Clone, Debug)]
+pub struct FaultRule {
+    pub fault: ApiFault,
+    /// Only requests of this component (`None`: any).
+    pub component: Option<Component>,
+    /// Only this resource, e.g. `hostconfigs` or `scaleoutworkers/status` (`None`: any).
+    pub resource: Option<String>,
+    /// Only writes (reads pass untouched).
+    pub writes_only: bool,
+    /// Matching requests still to fail.
+    pub remaining: u32,
+}
+
+/// Counters and pending faults shared by every client of the world.
+#[derive(Debug, Default)]
+pub struct ApiLedger {
+    /// Successful writes.
+    pub writes: BTreeMap<WriteKey, u64>,
+    /// Every request that reached the server.
+    pub requests: u64,
+    /// Faults injected so far.
+    pub faults_injected: u64,
+    pub rules: Vec<FaultRule>,
+}
+
+impl ApiLedger {
+    /// Total successful writes of one component.
+    pub fn writes_by(&self, component: Component) -> u64 {
+        self.writes.iter().filter(|(k, _)| k.component == component).map(|(_, n)| n).sum()
+    }
+}
+
+/// The fake API server plus the ledger.
+#[derive(Clone)]
+pub struct SimulatedApi {
+    raw: kube::Client,
+    ledger: Arc<Mutex<ApiLedger>>,
+}
+
+/// A builder with every kind the world uses.
+pub fn fake_builder(objects: Vec<serde_json::Value>) -> ClientBuilder {
+    ClientBuilder::new()
+        .with_resource::<SsisdbAvailabilityGroup>()
+        .with_status_subresource::<SsisdbAvailabilityGroup>()
+        .with_resource::<ScaleOutMasterGroup>()
+        .with_status_subresource::<ScaleOutMasterGroup>()
+        .with_resource::<ScaleOutWorker>()
+        .with_status_subresource::<ScaleOutWorker>()
+        .with_resource::<HostConfig>()
+        .with_status_subresource::<HostConfig>()
+        .with_runtime_objects(objects)
+}
+
+impl SimulatedApi {
+    /// An API server holding `objects` (cluster-scoped custom objects already placed in
+    /// [`CLUSTER_SCOPE_NAMESPACE`]).
+    pub async fn new(objects: Vec<serde_json::Value>) -> Result<Self, String> {
+        let raw = fake_builder(objects).build().await.map_err(|e| format!("building the in-memory API: {e}"))?;
+        Ok(Self { raw, ledger: Arc::new(Mutex::new(ApiLedger::default())) })
+    }
+
+    pub fn ledger(&self) -> MutexGuard<'_, ApiLedger> {
+        self.ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Fail the next `count` requests matching the rule.
+    pub fn inject(&self, rule: FaultRule) {
+        self.ledger().rules.push(rule);
+    }
+
+    /// A client for `component`: cluster-scoped paths rewritten, writes counted, faults injected.
+    pub fn client(&self, component: Component) -> kube::Client {
+        let raw = self.raw.clone();
+        let ledger = self.ledger.clone();
+        let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
+            let raw = raw.clone();
+            let ledger = ledger.clone();
+            async move {
+                if let Some(path) = rewrite_cluster_path(request.uri().path()) {
+                    let uri = match request.uri().query() {
+                        Some(query) => format!("{path}?{query}"),
+                        None => path,
+                    };
+                    *request.uri_mut() = uri.parse().map_err(|e| kube::Error::Service(Box::new(e)))?;
+                }
+                let verb = write_verb(request.method());
+                let resource = resource_of(request.uri().path());
+                let fault = take_fault(&ledger, component, verb.is_some(), &resource);
+                match fault {
+                    Some(ApiFault::Conflict) => return Ok(status_response(409, "Conflict", "injected conflict")),
+                    Some(ApiFault::ServerError) => {
+                        return Ok(status_response(500, "InternalError", "injected server error"));
+                    }
+                    Some(ApiFault::TimeoutBeforeApply) => return Err(timeout()),
+                    _ => {}
+                }
+                let response = raw.send(request).await?;
+                let ok = response.status().is_success();
+                {
+                    let mut ledger = ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                    ledger.requests += 1;
+                    if let (Some(verb), true) = (verb, ok) {
+                        *ledger.writes.entry(WriteKey { component, verb: verb.into(), resource }).or_default() += 1;
+                    }
+                }
+                if fault == Some(ApiFault::TimeoutAfterApply) {
+                    return Err(timeout());
+                }
+                Ok(response)
+            }
+        });
+        kube::Client::new(service, "default")
+    }
+}
+
+fn timeout() -> kube::Error {
+    kube::Error::Service(Box::new(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "injected timeout: no response from the API server",
+    )))
+}
+
+fn take_fault(ledger: &Mutex<ApiLedger>, component: Component, write: bool, resource: &str) -> Option<ApiFault> {
+    let mut ledger = ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let rule = ledger.rules.iter_mut().find(|rule| {
+        rule.remaining > 0
+            && rule.component.is_none_or(|c| c == component)
+            && rule.resource.as_deref().is_none_or(|r| r == resource)
+            && (write || !rule.writes_only)
+    })?;
+    rule.remaining -= 1;
+    let fault = rule.fault;
+    ledger.rules.retain(|r| r.remaining > 0);
+    ledger.faults_injected += 1;
+    Some(fault)
+}
+
+fn status_response(code: u16, reason: &str, message: &str) -> http::Response<kube::client::Body> {
+    let body = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": message, "reason": reason, "code": code,
+    });
+    let mut response = http::Response::new(kube::client::Body::from(body.to_string().into_bytes()));
+    *response.status_mut() = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}
+
+fn write_verb(method: &http::Method) -> Option<&'static str> {
+    match *method {
+        http::Method::POST => Some("create"),
+        http::Method::PUT => Some("update"),
+        http::Method::PATCH => Some("patch"),
+        http::Method::DELETE => Some("delete"),
+        _ => None,
+    }
+}
+
+/// `secrets`, `hostconfigs/status`, `nodes`, ... from a request path.
+fn resource_of(path: &str) -> String {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    // ["api", v] or ["apis", group, v], then optional ["namespaces", ns], then plural, name, sub.
+    let start = if parts.first() == Some(&"apis") { 3 } else { 2 };
+    let rest = parts.get(start..).unwrap_or_default();
+    let rest = if rest.first() == Some(&"namespaces") && rest.len() > 2 { &rest[2..] } else { rest };
+    match rest {
+        [plural, _, sub, ..] => format!("{plural}/{sub}"),
+        [plural, ..] => plural.to_string(),
+        [] => "namespaces".to_string(),
+    }
+}
+
+fn rewrite_cluster_path(path: &str) -> Option<String> {
+    let parts: Vec<&str> = path.split('/').collect();
+    // ["", "apis", group, version, plural, ...]
+    if parts.len() >= 5 && parts[1] == "apis" && CLUSTER_SCOPED_PLURALS.contains(&parts[4]) {
+        let mut rewritten = parts[..4].to_vec();
+        rewritten.extend(["namespaces", CLUSTER_SCOPE_NAMESPACE]);
+        rewritten.extend(&parts[4..]);
+        return Some(rewritten.join("/"));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_are_named_by_plural_and_subresource() {
+        assert_eq!(resource_of("/api/v1/namespaces/ssis/secrets/a"), "secrets");
+        assert_eq!(resource_of("/api/v1/nodes"), "nodes");
+        assert_eq!(
+            resource_of("/apis/ssis.sqlops.io/v1alpha1/namespaces/_cluster/hostconfigs/n/status"),
+            "hostconfigs/status"
+        );
+        assert_eq!(resource_of("/apis/ssis.sqlops.io/v1alpha1/namespaces/ssis/scaleoutworkers"), "scaleoutworkers");
+        assert_eq!(
+            rewrite_cluster_path("/apis/ssis.sqlops.io/v1alpha1/hostconfigs/n").as_deref(),
+            Some("/apis/ssis.sqlops.io/v1alpha1/namespaces/_cluster/hostconfigs/n")
+        );
+        assert_eq!(rewrite_cluster_path("/api/v1/nodes/n"), None);
+    }
+}

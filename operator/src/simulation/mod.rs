@@ -1,0 +1,717 @@
+//! The deterministic in-process world: an in-memory Kubernetes API, simulated Windows hosts in a
+//! world directory each driven by the real agent engine, the simulated SSISDB / availability group,
+//! and the real operator `reconcile_world`, stepped in rounds:
+//!
+//! operator pass → every agent pass (node name order) → simulated network observe → catalog
+//! ingest → clock advance.
+//!
+//! Every write is counted: API writes by component, verb and resource; SQL actions by kind; host
+//! writes by action kind. A run ends at a fixed point (a round without writes, every custom
+//! resource Ready) or at a round limit, which yields a readable account of what never converged.
+//! Used by `ssis-operator simulate`, the end-to-end tests and the fleet benchmark.
+
+pub mod api;
+pub mod faults;
+pub mod issuer;
+pub mod manifests;
+pub mod narrate;
+pub mod recording;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use ssis_agent::engine::{ActionKind, AgentConfig, ApplyReport, MapSecretSource, reconcile_host};
+use ssis_agent::host::Host;
+use ssis_agent::host::simulated::provision::{Features, provision};
+use ssis_agent::host::simulated::traffic::ConnectionFailure;
+use ssis_agent::host::simulated::{SimulatedHost, faults as host_faults, network};
+use ssis_crds::{
+    HostConfig, HostConfigSpec, HostConfigStatus, ItemState, ScaleOutMasterGroup, ScaleOutWorker,
+    SsisdbAvailabilityGroup, condition_types, find_condition,
+};
+
+use crate::catalog::{SimulatedCatalog, SqlAction, simulated::IngestReport};
+use crate::controller::{Clock, Context, ManualClock, ReconcileReport, reconcile_world};
+
+use self::api::{Component, SimulatedApi, WriteKey};
+use self::issuer::SeededIssuer;
+use self::manifests::{HostSetup, Manifests, node_object};
+use self::recording::RecordingCatalog;
+
+/// Field manager of the agents' status writes (the same as the agent runtime's).
+pub const AGENT_FIELD_MANAGER: &str = ssis_agent::runtime::FIELD_MANAGER;
+
+/// How a world is set up.
+#[derive(Clone, Debug)]
+pub struct WorldOptions {
+    /// Seeds the certificate generator.
+    pub seed: u64,
+    /// Simulated time per round (the operator's requeue interval while converging).
+    pub round_step: Duration,
+    /// Simulated time at round 0.
+    pub start: jiff::Timestamp,
+    pub operator_namespace: String,
+    /// Kept after the world is dropped (for inspection).
+    pub keep_directory: bool,
+}
+
+impl Default for WorldOptions {
+    fn default() -> Self {
+        Self {
+            seed: 42,
+            round_step: Duration::from_secs(1),
+            start: jiff::Timestamp::from_second(1_780_000_000).unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            operator_namespace: "ssis-system".into(),
+            keep_directory: false,
+        }
+    }
+}
+
+/// One simulated Windows node.
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    pub root: PathBuf,
+    pub computer_name: String,
+    pub setup: HostSetup,
+    /// Whether its agent takes part in rounds (a node that never reports has it off).
+    pub agent_running: bool,
+}
+
+/// What one agent pass did.
+#[derive(Clone, Debug, Default)]
+pub struct AgentPass {
+    /// No HostConfig named after the node yet.
+    pub no_host_config: bool,
+    pub report: ApplyReport,
+    pub status_written: bool,
+    /// The only change in the written status was the heartbeat (a liveness write).
+    pub heartbeat_only: bool,
+    /// (item, what was done) for items changed in this pass.
+    pub changed: Vec<(String, String)>,
+    /// (item, why) for items that failed in this pass.
+    pub failed: Vec<(String, String)>,
+    /// The pass could not run (API error reading the HostConfig or a Secret, host error).
+    pub error: Option<String>,
+}
+
+/// Everything one round did.
+#[derive(Clone, Debug, Default)]
+pub struct RoundReport {
+    pub round: u64,
+    pub now: jiff::Timestamp,
+    /// The operator pass (`Err` when it aborted, `None` when the operator is stopped).
+    pub operator: Option<Result<ReconcileReport, String>>,
+    /// SQL actions executed this round, by availability group.
+    pub sql: Vec<(String, SqlAction)>,
+    pub agents: BTreeMap<String, AgentPass>,
+    /// API writes this round.
+    pub api_writes: BTreeMap<WriteKey, u64>,
+    pub traffic_failures: Vec<ConnectionFailure>,
+    pub ingest: BTreeMap<String, IngestReport>,
+}
+
+impl RoundReport {
+    /// API writes that are not agent heartbeats.
+    pub fn api_state_writes(&self) -> u64 {
+        let total: u64 = self.api_writes.values().sum();
+        total - self.heartbeat_writes()
+    }
+
+    pub fn heartbeat_writes(&self) -> u64 {
+        self.agents.values().filter(|a| a.status_written && a.heartbeat_only).count() as u64
+    }
+
+    pub fn host_writes(&self) -> u64 {
+        self.agents.values().map(|a| u64::from(a.report.total_writes())).sum()
+    }
+
+    /// Writes of any kind except liveness heartbeats.
+    pub fn writes(&self) -> u64 {
+        self.api_state_writes() + self.sql.len() as u64 + self.host_writes()
+    }
+}
+
+/// Cumulative write counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub api: BTreeMap<WriteKey, u64>,
+    pub sql: BTreeMap<String, u64>,
+    pub host: BTreeMap<String, u64>,
+    pub heartbeats: u64,
+}
+
+impl Totals {
+    fn add(&mut self, round: &RoundReport) {
+        for (key, n) in &round.api_writes {
+            *self.api.entry(key.clone()).or_default() += n;
+        }
+        for (_, action) in &round.sql {
+            *self.sql.entry(crate::controller::apply::action_kind(action).to_string()).or_default() += 1;
+        }
+        for pass in round.agents.values() {
+            for (kind, n) in &pass.report.writes {
+                *self.host.entry(format!("{kind:?}")).or_default() += u64::from(*n);
+            }
+        }
+        self.heartbeats += round.heartbeat_writes();
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct Convergence {
+    /// Rounds run in this call.
+    pub rounds: u64,
+    /// The round number of the fixed point.
+    pub at_round: u64,
+}
+
+/// The temporary world directory (removed on drop unless kept).
+struct WorldDirectory {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Drop for WorldDirectory {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+static WORLD_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The simulated world.
+pub struct World {
+    pub api: SimulatedApi,
+    pub catalog: SimulatedCatalog,
+    pub clock: ManualClock,
+    pub issuer: Arc<SeededIssuer>,
+    pub nodes: BTreeMap<String, SimNode>,
+    pub agent_config: AgentConfig,
+    pub options: WorldOptions,
+    pub round: u64,
+    pub totals: Totals,
+    /// Whether the operator runs in rounds (stopped = crashed / restarting).
+    pub operator_running: bool,
+    /// The last round run.
+    pub last: RoundReport,
+    recording: RecordingCatalog<SimulatedCatalog>,
+    ctx: Context<RecordingCatalog<SimulatedCatalog>>,
+    directory: WorldDirectory,
+}
+
+impl World {
+    /// A world from manifests: API objects stored, Windows Nodes created, hosts provisioned.
+    pub async fn new(manifests: &Manifests, options: WorldOptions) -> Result<Self, String> {
+        let counter = WORLD_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("ssis-sim-{}-{counter}-{}", std::process::id(), options.seed));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("hosts")).map_err(|e| format!("creating {}: {e}", path.display()))?;
+        let directory = WorldDirectory { path, keep: options.keep_directory };
+
+        let nodes = manifests.windows_nodes();
+        let setups = manifests.host_features(&nodes);
+        let mut objects = manifests.api_objects();
+        objects.extend(nodes.iter().map(|(name, labels)| node_object(name, labels)));
+        let api = SimulatedApi::new(objects).await?;
+        let catalog = SimulatedCatalog::new();
+        let clock = ManualClock::new(options.start);
+        let issuer = Arc::new(SeededIssuer::new(options.seed));
+        let recording = RecordingCatalog::new(catalog.clone());
+        let ctx = operator_context(&api, &recording, &catalog, &clock, &issuer, &options.operator_namespace);
+        let mut world = Self {
+            api,
+            catalog,
+            clock,
+            issuer,
+            nodes: BTreeMap::new(),
+            agent_config: AgentConfig::default(),
+            options,
+            round: 0,
+            totals: Totals::default(),
+            operator_running: true,
+            last: RoundReport::default(),
+            recording,
+            ctx,
+            directory,
+        };
+        for (name, setup) in setups {
+            world.provision_host(&name, setup)?;
+        }
+        Ok(world)
+    }
+
+    /// The bundled examples.
+    pub async fn from_examples(options: WorldOptions) -> Result<Self, String> {
+        Self::new(&Manifests::bundled_examples()?, options).await
+    }
+
+    pub fn directory(&self) -> &Path {
+        &self.directory.path
+    }
+
+    /// Provision a simulated host for `node` as SQL Server setup leaves it.
+    pub fn provision_host(&mut self, node: &str, setup: HostSetup) -> Result<(), String> {
+        let root = self.directory.path.join("hosts").join(node);
+        let computer_name = node.to_uppercase();
+        let features = Features { master: setup.master, worker: setup.worker, legacy: setup.legacy };
+        provision(&root, &computer_name, setup.version, features).map_err(|e| format!("provisioning {node}: {e}"))?;
+        self.nodes.insert(node.to_string(), SimNode { root, computer_name, setup, agent_running: true });
+        Ok(())
+    }
+
+    /// A client acting as `component`.
+    pub fn client(&self, component: Component) -> kube::Client {
+        self.api.client(component)
+    }
+
+    /// The operator's catalog target key of an availability group (`namespace/name`).
+    pub fn sql_world(&self, key: &str) -> Option<crate::catalog::simulated::SqlWorld> {
+        self.catalog.world(key)
+    }
+
+    /// Stop the operator (its next pass does not happen until [`World::restart_operator`]).
+    pub fn stop_operator(&mut self) {
+        self.operator_running = false;
+    }
+
+    /// A new operator process: fresh `Context` over the same API, SQL and clock.
+    pub fn restart_operator(&mut self) {
+        self.recording = RecordingCatalog::new(self.catalog.clone());
+        self.ctx = operator_context(
+            &self.api,
+            &self.recording,
+            &self.catalog,
+            &self.clock,
+            &self.issuer,
+            &self.options.operator_namespace,
+        );
+        self.operator_running = true;
+    }
+
+    /// One round: operator → agents → network → SQL ingest → clock.
+    pub async fn step(&mut self) -> RoundReport {
+        self.round += 1;
+        let before = self.api.ledger().writes.clone();
+        let mut report = RoundReport { round: self.round, now: self.clock.now(), ..Default::default() };
+        if self.operator_running {
+            report.operator = Some(self.operator_pass().await);
+        }
+        report.sql = self.recording.drain();
+        let nodes: Vec<String> = self.nodes.iter().filter(|(_, n)| n.agent_running).map(|(k, _)| k.clone()).collect();
+        for node in nodes {
+            let pass = self.agent_pass(&node, None, true).await;
+            report.agents.insert(node, pass);
+        }
+        let (failures, ingest) = self.network_round();
+        report.traffic_failures = failures;
+        report.ingest = ingest;
+        report.api_writes = delta(&before, &self.api.ledger().writes);
+        self.clock.advance(self.options.round_step);
+        self.totals.add(&report);
+        self.last = report.clone();
+        report
+    }
+
+    /// The operator's `reconcile_world` once.
+    pub async fn operator_pass(&mut self) -> Result<ReconcileReport, String> {
+        reconcile_world(&self.ctx).await.map_err(|e| e.to_string())
+    }
+
+    /// The simulated network once: which heartbeats get through, delivered to SQL.
+    pub fn network_round(&mut self) -> (Vec<ConnectionFailure>, BTreeMap<String, IngestReport>) {
+        match network::observe(&self.directory.path) {
+            Ok(traffic) => {
+                let ingest = self.catalog.ingest(&traffic, self.clock.now());
+                (traffic.failures, ingest)
+            }
+            Err(error) => (
+                vec![ConnectionFailure { node: "network".into(), message: format!("observing the world: {error}") }],
+                BTreeMap::new(),
+            ),
+        }
+    }
+
+    /// One pass of `node`'s agent, as the agent runtime does it: read the HostConfig and the
+    /// Secrets it references, `reconcile_host`, write the status (server-side apply, field
+    /// manager `ssis-agent`) when it changed. `wrap` replaces the host (e.g. one that dies after
+    /// some writes); with `write_status` false the agent "dies" before writing its status.
+    pub async fn agent_pass(
+        &mut self,
+        node: &str,
+        wrap: Option<&mut dyn FnMut(SimulatedHost) -> Box<dyn Host>>,
+        write_status: bool,
+    ) -> AgentPass {
+        let mut pass = AgentPass::default();
+        let Some(sim) = self.nodes.get(node).cloned() else {
+            pass.error = Some(format!("no simulated host for node {node}"));
+            return pass;
+        };
+        let client = self.api.client(Component::Agent);
+        let api: Api<HostConfig> = Api::all(client.clone());
+        let host_config = match api.get_opt(node).await {
+            Ok(Some(host_config)) => host_config,
+            Ok(None) => {
+                pass.no_host_config = true;
+                return pass;
+            }
+            Err(error) => {
+                pass.error = Some(format!("reading HostConfig {node}: {error}"));
+                return pass;
+            }
+        };
+        let secrets = match self.agent_secrets(&client, &host_config.spec).await {
+            Ok(secrets) => secrets,
+            Err(error) => {
+                pass.error = Some(error);
+                return pass;
+            }
+        };
+        let host = match SimulatedHost::open(&sim.root, Some(self.directory.path.clone())) {
+            Ok(host) => host,
+            Err(error) => {
+                pass.error = Some(format!("opening host {node}: {error}"));
+                return pass;
+            }
+        };
+        let mut host: Box<dyn Host> = match wrap {
+            Some(wrap) => wrap(host),
+            None => Box::new(host),
+        };
+        let generation = host_config.metadata.generation.unwrap_or(0);
+        let previous = host_config.status.clone();
+        let (status, report) = reconcile_host(
+            host.as_mut(),
+            &host_config.spec,
+            generation,
+            &secrets,
+            previous.as_ref(),
+            self.clock.now(),
+            &self.agent_config,
+        );
+        for item in &status.items {
+            match (item.state, item.reason.as_deref()) {
+                (ItemState::Applied, Some("Changed")) => {
+                    pass.changed.push((item.name.clone(), item.message.clone().unwrap_or_default()))
+                }
+                (ItemState::Failed | ItemState::Refused, _) => {
+                    pass.failed.push((item.name.clone(), item.message.clone().unwrap_or_default()))
+                }
+                _ => {}
+            }
+        }
+        pass.report = report;
+        if !write_status || previous.as_ref() == Some(&status) {
+            return pass;
+        }
+        pass.heartbeat_only = previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&status));
+        let patch =
+            serde_json::json!({ "apiVersion": "ssis.sqlops.io/v1alpha1", "kind": "HostConfig", "status": status });
+        match api.patch_status(node, &PatchParams::apply(AGENT_FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
+            Ok(_) => pass.status_written = true,
+            Err(error) => pass.error = Some(format!("writing the status of HostConfig {node}: {error}")),
+        }
+        pass
+    }
+
+    /// The Secrets a HostConfig references, read by name from the operator namespace.
+    async fn agent_secrets(&self, client: &kube::Client, spec: &HostConfigSpec) -> Result<MapSecretSource, String> {
+        let names: BTreeSet<&str> = spec
+            .certificates
+            .iter()
+            .filter_map(|c| c.source.as_ref().map(|s| s.secret_name.as_str()))
+            .chain(spec.services.iter().filter_map(|s| s.logon.as_ref().map(|l| l.password_secret_ref.name.as_str())))
+            .collect();
+        let api: Api<Secret> = Api::namespaced(client.clone(), &self.options.operator_namespace);
+        let mut source = MapSecretSource::new();
+        for name in names {
+            let secret = api.get_opt(name).await.map_err(|e| format!("cannot read Secret {name}: {e}"))?;
+            for (key, value) in secret.and_then(|s| s.data).unwrap_or_default() {
+                source.insert(name, &key, value.0);
+            }
+        }
+        Ok(source)
+    }
+
+    /// Run rounds until a fixed point (a round without writes of any kind, every custom resource
+    /// Ready) or `max_rounds`; the error is a readable account of what never converged.
+    pub async fn run_until_converged(&mut self, max_rounds: u64) -> Result<Convergence, String> {
+        for ran in 1..=max_rounds {
+            let report = self.step().await;
+            if report.writes() == 0 && self.not_ready().await.is_empty() {
+                return Ok(Convergence { rounds: ran, at_round: report.round });
+            }
+        }
+        Err(self.explain(&format!("no fixed point after {max_rounds} rounds")).await)
+    }
+
+    /// Run `rounds` rounds; returns the writes of any kind (heartbeats excluded) they caused.
+    pub async fn run_rounds(&mut self, rounds: u64) -> u64 {
+        let mut writes = 0;
+        for _ in 0..rounds {
+            writes += self.step().await.writes();
+        }
+        writes
+    }
+
+    /// Custom resources (and HostConfigs of running agents) that are not Ready, with why.
+    pub async fn not_ready(&self) -> Vec<String> {
+        let client = self.api.client(Component::User);
+        let mut problems = Vec::new();
+        let check = |kind: &str, name: String, generation: Option<i64>, deleting: bool, conditions: &[_]| {
+            let ready = find_condition(conditions, condition_types::READY);
+            match ready {
+                _ if deleting => Some(format!("{kind} {name}: being deleted")),
+                Some(c) if c.status == "True" && c.observed_generation == generation => None,
+                Some(c) => Some(format!("{kind} {name}: Ready={} ({}): {}", c.status, c.reason, c.message)),
+                None => Some(format!("{kind} {name}: no Ready condition yet")),
+            }
+        };
+        let list = ListParams::default();
+        match Api::<SsisdbAvailabilityGroup>::all(client.clone()).list(&list).await {
+            Ok(items) => problems.extend(items.items.iter().filter_map(|o| {
+                let conditions = o.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                check(
+                    "SsisdbAvailabilityGroup",
+                    crate::plan::object_key(&o.metadata),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                    &conditions,
+                )
+            })),
+            Err(e) => problems.push(format!("listing SsisdbAvailabilityGroups: {e}")),
+        }
+        match Api::<ScaleOutMasterGroup>::all(client.clone()).list(&list).await {
+            Ok(items) => problems.extend(items.items.iter().filter_map(|o| {
+                let conditions = o.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                check(
+                    "ScaleOutMasterGroup",
+                    crate::plan::object_key(&o.metadata),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                    &conditions,
+                )
+            })),
+            Err(e) => problems.push(format!("listing ScaleOutMasterGroups: {e}")),
+        }
+        match Api::<ScaleOutWorker>::all(client.clone()).list(&list).await {
+            Ok(items) => problems.extend(items.items.iter().filter_map(|o| {
+                let conditions = o.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                check(
+                    "ScaleOutWorker",
+                    crate::plan::object_key(&o.metadata),
+                    o.metadata.generation,
+                    o.metadata.deletion_timestamp.is_some(),
+                    &conditions,
+                )
+            })),
+            Err(e) => problems.push(format!("listing ScaleOutWorkers: {e}")),
+        }
+        match Api::<HostConfig>::all(client).list(&list).await {
+            Ok(items) => problems.extend(
+                items
+                    .items
+                    .iter()
+                    .filter(|h| self.nodes.get(&h.name_any()).is_some_and(|n| n.agent_running))
+                    .filter_map(|h| {
+                        let conditions = h.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+                        check("HostConfig", h.name_any(), h.metadata.generation, false, &conditions)
+                    }),
+            ),
+            Err(e) => problems.push(format!("listing HostConfigs: {e}")),
+        }
+        problems
+    }
+
+    /// A readable account of the current state: every custom resource's conditions and key status,
+    /// every node's items that are not Applied, the last connection failures, operator problems.
+    pub async fn explain(&self, headline: &str) -> String {
+        narrate::explain(self, headline).await
+    }
+
+    // ---- user actions and faults ----
+
+    /// `kubectl apply` of one object (create, or replace the spec keeping status).
+    pub async fn apply_object(&self, mut object: serde_json::Value) -> Result<(), String> {
+        let client = self.api.client(Component::User);
+        let (api_version, kind) = (
+            object["apiVersion"].as_str().unwrap_or_default().to_string(),
+            object["kind"].as_str().unwrap_or_default().to_string(),
+        );
+        let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
+        let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
+        let (resource, _) =
+            kube::discovery::pinned_kind(&client, &gvk).await.map_err(|e| format!("discovering {kind}: {e}"))?;
+        let api: Api<kube::api::DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &resource),
+            None => Api::all_with(client, &resource),
+        };
+        object["metadata"]["managedFields"] = serde_json::Value::Null;
+        let params = PatchParams::apply("kubectl").force();
+        api.patch(&name, &params, &Patch::Apply(&object)).await.map_err(|e| format!("applying {kind} {name}: {e}"))?;
+        Ok(())
+    }
+
+    /// Create or relabel a Windows node (`kubectl label node`), provisioning a host for a new
+    /// node with what setup installed.
+    pub async fn label_node(
+        &mut self,
+        node: &str,
+        labels: &BTreeMap<String, String>,
+        setup: HostSetup,
+    ) -> Result<(), String> {
+        let api: Api<Node> = Api::all(self.api.client(Component::User));
+        let mut all = BTreeMap::from([(manifests::OS_LABEL.to_string(), "windows".to_string())]);
+        all.extend(labels.clone());
+        match api.get_opt(node).await.map_err(|e| format!("reading Node {node}: {e}"))? {
+            Some(_) => {
+                let patch = serde_json::json!({ "metadata": { "labels": all } });
+                api.patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .map_err(|e| format!("labelling Node {node}: {e}"))?;
+            }
+            None => {
+                let object: Node = serde_json::from_value(node_object(node, &all)).map_err(|e| e.to_string())?;
+                api.create(&PostParams::default(), &object).await.map_err(|e| format!("creating Node {node}: {e}"))?;
+            }
+        }
+        if !self.nodes.contains_key(node) {
+            self.provision_host(node, setup)?;
+        }
+        Ok(())
+    }
+
+    /// `kubectl delete` of a namespaced custom resource. An object with finalizers gets a
+    /// deletionTimestamp and stays until they are removed (kube-fake-client deletes at once, so the
+    /// harness stores it again marked for deletion, keeping its status).
+    pub async fn delete_object<K>(&self, namespace: &str, name: &str) -> Result<(), String>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let api: Api<K> = Api::namespaced(self.api.client(Component::User), namespace);
+        let object = api.get(name).await.map_err(|e| format!("reading {name}: {e}"))?;
+        api.delete(name, &DeleteParams::default()).await.map_err(|e| format!("deleting {name}: {e}"))?;
+        if object.meta().finalizers.as_ref().is_none_or(Vec::is_empty) {
+            return Ok(());
+        }
+        let mut value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+        let status = value.get("status").cloned();
+        value["metadata"]["deletionTimestamp"] = serde_json::json!(self.clock.now().to_string());
+        value["metadata"]["resourceVersion"] = serde_json::Value::Null;
+        value["metadata"]["managedFields"] = serde_json::Value::Null;
+        let marked: K = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        api.create(&PostParams::default(), &marked).await.map_err(|e| format!("re-storing {name}: {e}"))?;
+        if let Some(status) = status {
+            let body =
+                serde_json::json!({ "apiVersion": value["apiVersion"], "kind": value["kind"], "status": status });
+            api.patch_status(name, &PatchParams::apply("kube-apiserver").force(), &Patch::Apply(body))
+                .await
+                .map_err(|e| format!("restoring the status of {name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Move the master cluster role to `node` (Move-ClusterGroup).
+    pub fn move_master_role(&self, role: &str, node: &str) -> Result<String, String> {
+        let computer =
+            self.nodes.get(node).map(|n| n.computer_name.clone()).ok_or_else(|| format!("no node {node}"))?;
+        host_faults::move_cluster_role(&self.directory.path, role, Some(&computer)).map_err(|e| e.to_string())
+    }
+
+    /// The simulated host of `node`.
+    pub fn host(&self, node: &str) -> Result<SimulatedHost, String> {
+        let sim = self.nodes.get(node).ok_or_else(|| format!("no node {node}"))?;
+        SimulatedHost::open(&sim.root, Some(self.directory.path.clone())).map_err(|e| e.to_string())
+    }
+
+    /// The root directory of `node`'s host (for fault injection).
+    pub fn host_root(&self, node: &str) -> Result<PathBuf, String> {
+        self.nodes.get(node).map(|n| n.root.clone()).ok_or_else(|| format!("no node {node}"))
+    }
+
+    /// Stop or start taking `node`'s agent into rounds.
+    pub fn set_agent_running(&mut self, node: &str, running: bool) {
+        if let Some(sim) = self.nodes.get_mut(node) {
+            sim.agent_running = running;
+        }
+    }
+
+    /// A HostConfig as stored.
+    pub async fn host_config(&self, node: &str) -> Option<HostConfig> {
+        Api::<HostConfig>::all(self.api.client(Component::User)).get_opt(node).await.ok().flatten()
+    }
+
+    /// Every custom object of kind `K`, sorted by namespace/name.
+    pub async fn list<K>(&self) -> Vec<K>
+    where
+        K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let mut items = Api::<K>::all(self.api.client(Component::User))
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        items.sort_by_key(|o| (o.meta().namespace.clone(), o.meta().name.clone()));
+        items
+    }
+
+    /// Host writes of a kind so far.
+    pub fn host_writes(&self, kind: ActionKind) -> u64 {
+        self.totals.host.get(&format!("{kind:?}")).copied().unwrap_or(0)
+    }
+
+    /// Current status of a HostConfig (for assertions).
+    pub async fn host_status(&self, node: &str) -> Option<HostConfigStatus> {
+        self.host_config(node).await.and_then(|h| h.status)
+    }
+}
+
+fn operator_context(
+    api: &SimulatedApi,
+    recording: &RecordingCatalog<SimulatedCatalog>,
+    catalog: &SimulatedCatalog,
+    clock: &ManualClock,
+    issuer: &Arc<SeededIssuer>,
+    operator_namespace: &str,
+) -> Context<RecordingCatalog<SimulatedCatalog>> {
+    let mut ctx = Context::new(api.client(Component::Operator), recording.clone(), operator_namespace, issuer.clone());
+    ctx.clock = Arc::new(clock.clone());
+    let worlds = catalog.clone();
+    // The first observation of an availability group finds the SQL world its manual setup left.
+    ctx.prepare_target = Some(Box::new(move |target, password| {
+        worlds.ensure_world(target, password.clone());
+    }));
+    ctx
+}
+
+fn without_heartbeat(status: &HostConfigStatus) -> HostConfigStatus {
+    let mut status = status.clone();
+    if let Some(agent) = &mut status.agent {
+        agent.last_heartbeat_time.clear();
+    }
+    status
+}
+
+fn delta(before: &BTreeMap<WriteKey, u64>, after: &BTreeMap<WriteKey, u64>) -> BTreeMap<WriteKey, u64> {
+    after
+        .iter()
+        .filter_map(|(key, n)| {
+            let d = n - before.get(key).copied().unwrap_or(0);
+            (d > 0).then(|| (key.clone(), d))
+        })
+        .collect()
+}
