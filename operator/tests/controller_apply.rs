@@ -11,7 +11,8 @@ use kube::{Resource, ResourceExt};
 use ssis_crds::*;
 use ssis_operator::catalog::{SecretValue, SqlAction};
 use ssis_operator::controller::{FINALIZER, ReconcileReport, World, apply, dereference, status};
-use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, PlanOutput};
+use ssis_operator::plan::certificates::host_secret_name;
+use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, PlanOutput, SecretCopy};
 
 async fn world(ctx: &ssis_operator::controller::Context<FakeCatalog>) -> World {
     let mut report = ReconcileReport::default();
@@ -227,46 +228,42 @@ async fn finalizer_is_added_then_removed_only_after_cleanup() {
     let mut deleting = worker("gone");
     deleting.metadata.finalizers = Some(vec![FINALIZER.into(), "other/keep".into()]);
     deleting.metadata.deletion_timestamp = Some(Time(start_time()));
-    deleting.status = Some(ScaleOutWorkerStatus {
-        nodes: vec![WorkerNodeStatus {
-            node_name: "win-1".into(),
-            worker_agent_id: Some("AGENT-1".into()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
     let client = fake_client(vec![json(&worker("fresh")), json(&deleting)]).await;
     let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
     let api: Api<ScaleOutWorker> = Api::namespaced(client.clone(), "etl");
 
-    // Cleanup still in progress: its items are on a HostConfig and it is being disabled.
-    let mut cleaning = PlanOutput::default();
-    let mut spec = master_spec(&"A".repeat(40), false);
-    spec.contributors.push(Contributor { kind: "ScaleOutWorker".into(), namespace: "etl".into(), name: "gone".into() });
-    cleaning.host_configs.insert("win-1".into(), spec);
-    cleaning.sql_actions.insert(
-        "etl/ag".into(),
-        vec![SqlAction::DisableWorkerAgent { replica: "sql1".into(), worker_agent_id: "AGENT-1".into() }],
-    );
+    // Cleanup still in progress: the planner has not reported the worker finalizable.
+    let cleaning = PlanOutput::default();
     let report = apply_pass(&ctx, &cleaning).await;
     assert_eq!(report.finalizer_patches, 1, "only the fresh worker gets a finalizer: {report:?}");
     assert!(api.get("fresh").await.unwrap().finalizers().contains(&FINALIZER.to_string()));
     assert!(api.get("gone").await.unwrap().finalizers().contains(&FINALIZER.to_string()));
-
-    // HostConfig no longer carries its items, but the disable action is still planned.
-    let mut disabling = PlanOutput::default();
-    disabling.host_configs.insert("win-1".into(), master_spec(&"A".repeat(40), false));
-    disabling.sql_actions = cleaning.sql_actions.clone();
-    apply_pass(&ctx, &disabling).await;
-    assert!(api.get("gone").await.unwrap().finalizers().contains(&FINALIZER.to_string()));
+    assert_eq!(apply_pass(&ctx, &cleaning).await.writes(), 0);
 
     // Cleanup done: our finalizer goes, the other controller's stays.
     let mut done = PlanOutput::default();
-    done.host_configs.insert("win-1".into(), master_spec(&"A".repeat(40), false));
+    done.finalizable.insert("etl/gone".into());
     let report = apply_pass(&ctx, &done).await;
     assert_eq!(report.finalizer_patches, 1, "{report:?}");
     assert_eq!(api.get("gone").await.unwrap().finalizers(), &["other/keep".to_string()]);
     assert_eq!(apply_pass(&ctx, &done).await.writes(), 0);
+}
+
+#[tokio::test]
+async fn master_groups_get_no_finalizer_and_a_leftover_one_is_released() {
+    let mut live = ScaleOutMasterGroup::new("live", Default::default());
+    live.metadata.namespace = Some("etl".into());
+    let mut gone = ScaleOutMasterGroup::new("gone", Default::default());
+    gone.metadata.namespace = Some("etl".into());
+    gone.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    gone.metadata.deletion_timestamp = Some(Time(start_time()));
+    let client = fake_client(vec![json(&live), json(&gone)]).await;
+    let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
+    let report = apply_pass(&ctx, &PlanOutput::default()).await;
+    assert_eq!(report.finalizer_patches, 1, "{report:?}");
+    let api: Api<ScaleOutMasterGroup> = Api::namespaced(client, "etl");
+    assert!(api.get_opt("gone").await.unwrap().is_none());
+    assert!(api.get("live").await.unwrap().finalizers().is_empty());
 }
 
 #[tokio::test]
@@ -276,7 +273,9 @@ async fn finalizer_removal_lets_the_api_server_delete_the_object() {
     deleting.metadata.deletion_timestamp = Some(Time(start_time()));
     let client = fake_client(vec![json(&deleting)]).await;
     let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
-    let report = apply_pass(&ctx, &PlanOutput::default()).await;
+    let mut done = PlanOutput::default();
+    done.finalizable.insert("etl/gone".into());
+    let report = apply_pass(&ctx, &done).await;
     assert_eq!(report.finalizer_patches, 1);
     assert!(Api::<ScaleOutWorker>::namespaced(client, "etl").get_opt("gone").await.unwrap().is_none());
 }
@@ -355,33 +354,106 @@ async fn sql_actions_run_in_order_and_stop_at_the_first_failure() {
 }
 
 #[tokio::test]
-async fn requested_certificates_become_labelled_owner_less_secrets_once() {
-    let client = fake_client(vec![]).await;
+async fn requested_certificates_become_labelled_owner_less_secrets_until_no_longer_retained() {
+    // A worker referencing the user's TLS Secret (only referenced Secrets are read).
+    let mut w1 = worker("w1");
+    w1.spec.certificate = CertificateSource { secret_ref: Some(SecretRef { name: "user-tls".into() }), generate: None };
+    let client =
+        fake_client(vec![json(&secret("etl", "user-tls", &[("tls.crt", "PEM"), ("tls.key", "KEY")])), json(&w1)]).await;
     let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
     let mut plan = PlanOutput::default();
     plan.certificate_requests.push(CertificateRequest {
-        id: "master/etl/masters".into(),
+        id: "master/etl/masters/gen-1".into(),
         source: CertificateRequestSource::Generate {
             common_name: "master.example.com".into(),
             dns_names: vec!["master.example.com".into()],
             validity_days: 365,
         },
     });
+    plan.certificate_requests.push(CertificateRequest {
+        id: "worker/etl/w1/win-1/gen-1".into(),
+        source: CertificateRequestSource::FromTlsSecret { secret: "etl/user-tls".into() },
+    });
+    let master_secret = host_secret_name("master/etl/masters/gen-1");
+    let worker_secret = host_secret_name("worker/etl/w1/win-1/gen-1");
     let report = apply_pass(&ctx, &plan).await;
-    assert_eq!(report.secret_writes, 1);
+    assert_eq!(report.secret_writes, 2, "{report:?}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
     let list = secrets.list(&ListParams::default().labels("app.kubernetes.io/managed-by=ssis-operator")).await.unwrap();
-    assert_eq!(list.items.len(), 1);
-    let stored = &list.items[0];
+    assert_eq!(list.items.len(), 2);
+    let stored = secrets.get(&master_secret).await.unwrap();
     assert!(stored.metadata.owner_references.is_none());
     assert!(stored.data.as_ref().unwrap().contains_key(host_secret_keys::PFX));
 
-    // The planner sees it as issued on the next pass and stops asking.
+    // The planner sees them as issued on the next pass; the converted one carries the user
+    // Secret's fingerprint so a changed TLS Secret is noticed.
     let world = world(&ctx).await;
-    let issued = &world.input.issued_certificates["master/etl/masters"];
-    assert_eq!(issued.secret_name, stored.name_any());
-    assert_eq!(issued.dns_names, vec!["master.example.com".to_string()]);
-    assert_eq!(apply_pass(&ctx, &PlanOutput::default()).await.writes(), 0, "the newest certificate is kept");
+    let master = &world.input.issued_certificates["master/etl/masters/gen-1"];
+    assert_eq!(master.secret_name, master_secret);
+    assert_eq!(master.dns_names, vec!["master.example.com".to_string()]);
+    let converted = &world.input.issued_certificates["worker/etl/w1/win-1/gen-1"];
+    assert_eq!(converted.source_fingerprint.as_ref(), Some(&world.input.secrets["etl/user-tls"].fingerprint));
+
+    let mut retained = PlanOutput::default();
+    retained.finalizable.insert("unused".into());
+    retained.retained_host_secrets.extend([master_secret.clone(), worker_secret.clone()]);
+    assert_eq!(apply_pass(&ctx, &retained).await.writes(), 0);
+
+    // Rotation finished: the worker material is no longer retained and goes.
+    retained.retained_host_secrets.remove(&worker_secret);
+    assert_eq!(apply_pass(&ctx, &retained).await.secret_writes, 1);
+    assert!(secrets.get_opt(&worker_secret).await.unwrap().is_none());
+    assert!(secrets.get_opt(&master_secret).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn password_copies_follow_the_source_and_disappear_when_not_asked_for() {
+    let client = fake_client(vec![json(&secret("etl", "svc", &[("password", "s3cret")]))]).await;
+    let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
+    // The copy source is a Secret some resource references.
+    let master = {
+        let mut m = ScaleOutMasterGroup::new(
+            "masters",
+            ScaleOutMasterGroupSpec {
+                service_account: WindowsAccount {
+                    username: "CORP\\svc".into(),
+                    password_secret_ref: SecretKeyRef { name: "svc".into(), key: "password".into() },
+                },
+                ..Default::default()
+            },
+        );
+        m.metadata.namespace = Some("etl".into());
+        m
+    };
+    Api::<ScaleOutMasterGroup>::namespaced(client.clone(), "etl").create(&Default::default(), &master).await.unwrap();
+    let mut plan = PlanOutput::default();
+    plan.secret_copies.insert(
+        "ssis-logon-x".into(),
+        SecretCopy {
+            source_namespace: "etl".into(),
+            source_name: "svc".into(),
+            source_key: "password".into(),
+            target_key: host_secret_keys::PASSWORD.into(),
+        },
+    );
+    let report = apply_pass(&ctx, &plan).await;
+    assert_eq!(report.secret_writes, 1, "{report:?}");
+    let copies: Api<Secret> = Api::namespaced(client.clone(), OPERATOR_NS);
+    let copy = copies.get("ssis-logon-x").await.unwrap();
+    assert_eq!(copy.data.as_ref().unwrap()[host_secret_keys::PASSWORD].0, b"s3cret");
+    assert_eq!(apply_pass(&ctx, &plan).await.writes(), 0);
+
+    // The user changes the password: the copy follows.
+    Api::<Secret>::namespaced(client.clone(), "etl")
+        .patch("svc", &PatchParams::default(), &Patch::Merge(serde_json::json!({"data": {"password": "bmV3"}})))
+        .await
+        .unwrap();
+    assert_eq!(apply_pass(&ctx, &plan).await.secret_writes, 1);
+    assert_eq!(copies.get("ssis-logon-x").await.unwrap().data.unwrap()[host_secret_keys::PASSWORD].0, b"new");
+
+    // No longer asked for: deleted.
+    assert_eq!(apply_pass(&ctx, &PlanOutput::default()).await.secret_writes, 1);
+    assert!(copies.get_opt("ssis-logon-x").await.unwrap().is_none());
 }
 
 #[tokio::test]

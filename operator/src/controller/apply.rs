@@ -1,33 +1,48 @@
 //! Apply: make the API and SQL Server match the plan. Every write is skipped when the current state
 //! already matches, so a converged world costs zero writes.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use ssis_crds::{HostConfig, HostConfigSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
 use crate::catalog::{Catalog, SecretString, SecretValue, SqlAction};
+use crate::plan::certificates::host_secret_name;
 use crate::plan::{CertificateRequestSource, PlanOutput};
 
-use super::certificates::{TlsMaterial, certificate_secret, parse_certificate_secret, secret_name};
+use super::certificates::{SecretData, certificate_secret, parse_certificate_secret};
 use super::dereference::{World, fingerprint};
 use super::{
     CERTIFICATE_ID_LABEL, Context, FIELD_MANAGER, FINALIZER, ReconcileReport, is_conflict, is_not_found,
     null_removed_fields, object_key,
 };
 
-/// Apply every part of the plan, in dependency order: certificate material first (HostConfigs
-/// reference it), then HostConfigs, SQL actions, finalizers.
+/// Label marking an operator-namespace copy of a user Secret key (service-account passwords).
+pub const SECRET_COPY_LABEL: &str = "ssis.sqlops.io/secret-copy";
+/// Annotation naming the copy's source (`namespace/name/key`; never the value).
+pub const COPIED_FROM_ANNOTATION: &str = "ssis.sqlops.io/copied-from";
+
+/// Apply every part of the plan, in dependency order: host material first (HostConfigs reference
+/// it), then HostConfigs, SQL actions, finalizers, Events, and finally unused material.
 pub async fn apply<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
     issue_certificates(ctx, world, plan, report).await;
+    copy_secrets(ctx, world, plan, report).await;
     apply_host_configs(ctx, world, plan, report).await;
     run_sql_actions(ctx, world, plan, report).await;
     finalizers(ctx, world, plan, report).await;
-    collect_certificate_secrets(ctx, world, plan, report).await;
+    plan_events(ctx, world, plan, report).await;
+    collect_secrets(ctx, world, plan, report).await;
+}
+
+fn ssa_secret(secret: &Secret) -> serde_json::Value {
+    let mut body = serde_json::to_value(secret).unwrap_or_default();
+    body["apiVersion"] = json!("v1");
+    body["kind"] = json!("Secret");
+    body
 }
 
 async fn issue_certificates<C: Catalog>(
@@ -38,47 +53,89 @@ async fn issue_certificates<C: Catalog>(
 ) {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
     for request in &plan.certificate_requests {
-        let tls = match &request.source {
+        let tls: Option<(SecretData, String)> = match &request.source {
             CertificateRequestSource::Generate { .. } => None,
             CertificateRequestSource::FromTlsSecret { secret } => {
-                let (Some(certificate_pem), Some(key_pem)) =
-                    (world.secret_bytes(secret, "tls.crt"), world.secret_bytes(secret, "tls.key"))
-                else {
-                    report.problem(format!("certificate {}: TLS Secret {secret} lacks tls.crt or tls.key", request.id));
+                let Some(user_secret) = world.secrets.get(secret) else {
+                    report.problem(format!("certificate {}: TLS Secret {secret} not found", request.id));
                     continue;
                 };
-                let fingerprint = world.secrets.get(secret).map(fingerprint).unwrap_or_default();
-                Some(TlsMaterial { certificate_pem, key_pem, fingerprint })
+                let data = user_secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+                Some((data, fingerprint(user_secret)))
             }
         };
-        let material = match ctx.issuer.issue(request, tls.as_ref(), ctx.clock.now()) {
-            Ok(material) => material,
+        // Deterministic per id, so the old and new certificates of a rotation coexist.
+        let secret_name = host_secret_name(&request.id);
+        let tls_data = tls.as_ref().map(|(data, _)| data);
+        let (mut issued, data) = match ctx.issuer.issue(request, &secret_name, tls_data, ctx.clock.now()) {
+            Ok(result) => result,
             Err(error) => {
                 report.problem(format!("certificate {}: {error}", request.id));
                 continue;
             }
         };
-        let name = secret_name(&request.id, &material.thumbprint);
-        if world.managed_secrets.iter().any(|s| s.metadata.name.as_deref() == Some(name.as_str())) {
-            // Same id and thumbprint already stored (a converted user certificate that did not change).
-            continue;
-        }
-        let secret = certificate_secret(
-            &ctx.operator_namespace,
-            &request.id,
-            &material,
-            tls.as_ref().map(|t| t.fingerprint.as_str()),
-        );
-        match secrets
-            .create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &secret)
-            .await
-        {
+        // The planner compares this with the user Secret's fingerprint to notice a new certificate.
+        issued.source_fingerprint = tls.map(|(_, fingerprint)| fingerprint);
+        issued.secret_name = secret_name.clone();
+        let secret = certificate_secret(&ctx.operator_namespace, &issued, data);
+        // Server-side apply creates it, or overwrites a Secret of that name whose metadata was damaged.
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match secrets.patch(&secret_name, &params, &Patch::Apply(ssa_secret(&secret))).await {
             Ok(_) => {
                 report.secret_writes += 1;
-                tracing::info!(id = %request.id, thumbprint = %material.thumbprint, secret = %name, "certificate issued");
+                tracing::info!(id = %request.id, thumbprint = %issued.thumbprint, secret = %secret_name, "certificate stored");
             }
             Err(error) if is_conflict(&error) => report.conflicts += 1,
             Err(error) => report.problem(format!("storing certificate {}: {error}", request.id)),
+        }
+    }
+}
+
+/// Copy user Secret keys (service-account passwords) into the operator namespace, where agents
+/// read them. Values are compared, never logged.
+async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    for (target, copy) in &plan.secret_copies {
+        let source = format!("{}/{}", copy.source_namespace, copy.source_name);
+        let Some(value) = world.secret_bytes(&source, &copy.source_key) else {
+            report.problem(format!("copying Secret {source} key {} into {target}: source missing", copy.source_key));
+            continue;
+        };
+        let copied_from = format!("{source}/{}", copy.source_key);
+        let current = world.managed_secrets.iter().find(|s| s.name_any() == *target);
+        let up_to_date = current.is_some_and(|current| {
+            let data = current.data.as_ref();
+            data.is_some_and(|d| d.len() == 1 && d.get(&copy.target_key).is_some_and(|v| v.0 == value))
+                && current.labels().get(SECRET_COPY_LABEL).map(String::as_str) == Some("true")
+                && current.annotations().get(COPIED_FROM_ANNOTATION) == Some(&copied_from)
+        });
+        if up_to_date {
+            continue;
+        }
+        let mut body = json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": target,
+                "namespace": ctx.operator_namespace,
+                "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE, SECRET_COPY_LABEL: "true" },
+                "annotations": { COPIED_FROM_ANNOTATION: copied_from },
+            },
+            "type": "Opaque",
+            "data": BTreeMap::from([(copy.target_key.clone(), k8s_openapi::ByteString(value))]),
+        });
+        if let Some(current) = current {
+            let current_data = json!({ "data": current.data.iter().flatten().map(|(k, _)| (k.clone(), ())).collect::<BTreeMap<_, _>>() });
+            null_removed_fields(&current_data, &mut body);
+        }
+        match secrets.patch(target, &params, &Patch::Apply(&body)).await {
+            Ok(_) => {
+                report.secret_writes += 1;
+                tracing::info!(secret = %target, from = %copied_from, "password copy written");
+            }
+            Err(error) if is_conflict(&error) => report.conflicts += 1,
+            Err(error) => report.problem(format!("writing Secret {target}: {error}")),
         }
     }
 }
@@ -286,15 +343,16 @@ pub(crate) async fn publish<C: Catalog, K: Resource<DynamicType = ()>>(
     }
 }
 
-/// Add the cleanup finalizer on first sight; remove it once the planner no longer needs the object.
+/// Add the cleanup finalizer to workers on first sight; remove it once the planner reports the
+/// cleanup done. Master groups need none (their HostConfig items go with the group); a finalizer
+/// left on one is released on deletion.
 async fn finalizers<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
     for worker in &world.input.workers {
-        let finalizable = super::plan_hooks::worker_finalizable(plan, worker);
-        reconcile_finalizer(ctx, worker, finalizable, report).await;
+        let finalizable = plan.finalizable.contains(&object_key(worker));
+        reconcile_finalizer(ctx, worker, true, finalizable, report).await;
     }
     for master in &world.input.master_groups {
-        let finalizable = super::plan_hooks::master_group_finalizable(plan, master);
-        reconcile_finalizer(ctx, master, finalizable, report).await;
+        reconcile_finalizer(ctx, master, false, true, report).await;
     }
 }
 
@@ -302,6 +360,7 @@ async fn finalizers<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutp
 async fn reconcile_finalizer<C: Catalog, K>(
     ctx: &Context<C>,
     object: &K,
+    wanted_on_live: bool,
     finalizable: bool,
     report: &mut ReconcileReport,
 ) where
@@ -313,7 +372,7 @@ async fn reconcile_finalizer<C: Catalog, K>(
     let finalizers = object.finalizers();
     let has = finalizers.iter().any(|f| f == FINALIZER);
     let deleting = object.meta().deletion_timestamp.is_some();
-    let wanted: Vec<String> = if !deleting && !has {
+    let wanted: Vec<String> = if wanted_on_live && !deleting && !has {
         finalizers.iter().cloned().chain([FINALIZER.to_string()]).collect()
     } else if deleting && has && finalizable {
         finalizers.iter().filter(|f| *f != FINALIZER).cloned().collect()
@@ -333,43 +392,81 @@ async fn reconcile_finalizer<C: Catalog, K>(
     }
 }
 
-/// Delete superseded certificate Secrets nobody references any more (after a rotation finished).
-async fn collect_certificate_secrets<C: Catalog>(
-    ctx: &Context<C>,
-    world: &World,
-    plan: &PlanOutput,
-    report: &mut ReconcileReport,
-) {
-    let newest: BTreeSet<&str> = world.input.issued_certificates.values().map(|c| c.secret_name.as_str()).collect();
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
-    let specs = plan.host_configs.values().chain(world.host_configs.values().map(|h| &h.spec));
-    for spec in specs {
-        for certificate in &spec.certificates {
-            if let Some(source) = &certificate.source {
-                referenced.insert(source.secret_name.clone());
+/// Publish the Events the planner asked for on the objects they concern.
+async fn plan_events<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
+    for event in &plan.events {
+        let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
+        let note = event.message.clone();
+        let input = &world.input;
+        match event.kind.as_str() {
+            "SsisdbAvailabilityGroup" => {
+                if let Some(object) = input.availability_groups.iter().find(|o| object_key(*o) == event.key) {
+                    publish(ctx, report, object, type_, &event.reason, "Reconcile", note).await;
+                }
             }
+            "ScaleOutMasterGroup" => {
+                if let Some(object) = input.master_groups.iter().find(|o| object_key(*o) == event.key) {
+                    publish(ctx, report, object, type_, &event.reason, "Reconcile", note).await;
+                }
+            }
+            "ScaleOutWorker" => {
+                if let Some(object) = input.workers.iter().find(|o| object_key(*o) == event.key) {
+                    publish(ctx, report, object, type_, &event.reason, "Reconcile", note).await;
+                }
+            }
+            other => tracing::debug!(kind = other, "Event for an unknown kind dropped"),
         }
     }
-    // Status may still point at material mid-rotation.
-    for status in plan.master_group_statuses.values() {
-        referenced.extend(status.certificate.iter().filter_map(|c| c.host_secret_name.clone()));
-        referenced.extend(status.rotation.iter().filter_map(|r| r.to_host_secret_name.clone()));
-    }
+}
+
+/// Delete operator-namespace Secrets the plan no longer needs: certificate material not retained
+/// (rotation finished, resource gone) and password copies not asked for.
+async fn collect_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
+    // Material a HostConfig still references is kept whatever the plan says (agents may be mid-apply).
+    let referenced: std::collections::BTreeSet<&str> = plan
+        .host_configs
+        .values()
+        .chain(world.host_configs.values().map(|h| &h.spec))
+        .flat_map(|spec| &spec.certificates)
+        .filter_map(|c| c.source.as_ref().map(|s| s.secret_name.as_str()))
+        .collect();
+    let requested: std::collections::BTreeSet<String> =
+        plan.certificate_requests.iter().map(|r| host_secret_name(&r.id)).collect();
     for secret in &world.managed_secrets {
         let name = secret.name_any();
-        let is_certificate =
+        let certificate =
             secret.labels().contains_key(CERTIFICATE_ID_LABEL) && parse_certificate_secret(secret).is_some();
-        if !is_certificate || newest.contains(name.as_str()) || referenced.contains(&name) {
+        let copy = secret.labels().get(SECRET_COPY_LABEL).map(String::as_str) == Some("true");
+        let unused = if certificate {
+            !plan.retained_host_secrets.contains(&name)
+                && !referenced.contains(name.as_str())
+                && !requested.contains(&name)
+        } else if copy {
+            !plan.secret_copies.contains_key(&name) && !referenced_by_logon(plan, world, &name)
+        } else {
+            false
+        };
+        if !unused {
             continue;
         }
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {
                 report.secret_writes += 1;
-                tracing::info!(secret = %name, "superseded certificate Secret deleted");
+                tracing::info!(secret = %name, "unused operator Secret deleted");
             }
             Err(error) if is_not_found(&error) => {}
             Err(error) => report.problem(format!("deleting Secret {name}: {error}")),
         }
     }
+}
+
+/// Whether a desired or current HostConfig still names the Secret as a service logon password.
+fn referenced_by_logon(plan: &PlanOutput, world: &World, name: &str) -> bool {
+    plan.host_configs
+        .values()
+        .chain(world.host_configs.values().map(|h| &h.spec))
+        .flat_map(|spec| &spec.services)
+        .filter_map(|service| service.logon.as_ref())
+        .any(|logon| logon.password_secret_ref.name == name)
 }

@@ -264,7 +264,16 @@ async fn observe_catalogs<C: Catalog>(
             continue;
         }
         match world.catalog_target(group) {
-            Ok(target) => targets.push(target),
+            Ok(target) => {
+                if let Some(prepare) = &ctx.prepare_target {
+                    let password = &group.spec.catalog_password_secret_ref;
+                    let namespace = group.namespace().unwrap_or_default();
+                    if let Some(password) = world.secret_value(&namespace, &password.name, &password.key) {
+                        prepare(&target, &password);
+                    }
+                }
+                targets.push(target)
+            }
             // The planner reports the missing reference; nothing to connect with.
             Err(reason) => tracing::debug!(group = %object_key(group), %reason, "not observing SQL"),
         }

@@ -10,19 +10,18 @@ use std::sync::{Arc, Mutex};
 
 use kube::runtime::events::{Recorder, Reporter};
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogTarget, SecretString};
 
 pub mod apply;
 pub mod certificates;
 pub mod dereference;
 pub mod leader;
 pub mod metrics;
-pub mod plan_hooks;
 pub mod runner;
 pub mod startup;
 pub mod status;
 
-pub use certificates::{CertificateIssuer, IssuedMaterial, TlsMaterial};
+pub use certificates::{CertificateIssuer, CertsIssuer, SecretData};
 pub use dereference::World;
 pub use leader::{LeaderElector, LeaseSettings, LeaseStep};
 pub use metrics::Metrics;
@@ -91,9 +90,15 @@ pub struct Context<C: Catalog> {
     pub recorder: Recorder,
     pub issuer: Arc<dyn CertificateIssuer>,
     pub metrics: Arc<Metrics>,
-    /// Upper bound of concurrent SQL observations and status patches.
+    /// Upper bound of concurrent SQL observations.
     pub concurrency: usize,
+    /// Called with each availability group's target and catalog password before it is observed
+    /// (development mode: the simulated catalog creates the group's SQL world on first sight).
+    pub prepare_target: Option<PrepareTarget>,
 }
+
+/// See [`Context::prepare_target`].
+pub type PrepareTarget = Box<dyn Fn(&CatalogTarget, &SecretString) + Send + Sync>;
 
 impl<C: Catalog> Context<C> {
     /// A context with the wall clock, fresh metrics and a concurrency of 4.
@@ -114,6 +119,7 @@ impl<C: Catalog> Context<C> {
             issuer,
             metrics: Arc::new(Metrics::default()),
             concurrency: 4,
+            prepare_target: None,
         }
     }
 }
@@ -206,13 +212,9 @@ fn run_planner(input: &crate::plan::PlanInput) -> Result<crate::plan::PlanOutput
     })
 }
 
-/// `namespace/name` of a namespaced object.
+/// `namespace/name` of a namespaced object, as the planner keys it.
 pub(crate) fn object_key<K: kube::Resource>(object: &K) -> String {
-    format!(
-        "{}/{}",
-        object.meta().namespace.as_deref().unwrap_or_default(),
-        object.meta().name.as_deref().unwrap_or_default()
-    )
+    crate::plan::object_key(object.meta())
 }
 
 /// Whether an API error is an optimistic-concurrency conflict.

@@ -164,24 +164,11 @@ pub async fn update_status<C: Catalog>(
     for (object, old, new) in
         patch_statuses(ctx, &input.availability_groups, &plan.availability_group_statuses, report).await
     {
+        // FailoverDetected comes from the planner (plan events).
         condition_events(ctx, report, &object, old.as_ref(), &new).await;
-        let old_primary = old.as_ref().and_then(|s| s.primary_replica.clone());
-        if let (Some(from), Some(to)) = (old_primary, new.primary_replica.clone())
-            && from != to
-        {
-            let note = format!("primary replica moved from {from} to {to}");
-            publish(ctx, report, &object, EventType::Normal, "FailoverDetected", "ObserveSql", note).await;
-        }
     }
     for (object, old, new) in patch_statuses(ctx, &input.master_groups, &plan.master_group_statuses, report).await {
         condition_events(ctx, report, &object, old.as_ref(), &new).await;
-        let old_thumbprint = old.as_ref().and_then(|s| s.certificate.as_ref()).map(|c| c.thumbprint.clone());
-        if let (Some(from), Some(to)) = (old_thumbprint, new.certificate.as_ref().map(|c| c.thumbprint.clone()))
-            && from != to
-        {
-            let note = format!("master certificate changed from {from} to {to}");
-            publish(ctx, report, &object, EventType::Normal, "CertificateRotated", "RotateCertificate", note).await;
-        }
         let old_active = old.as_ref().and_then(|s| s.active_node.clone());
         if let (Some(from), Some(to)) = (old_active, new.active_node.clone())
             && from != to

@@ -9,12 +9,12 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::ObjectMeta;
 use kube_fake_client::ClientBuilder;
-use ssis_crds::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup};
+use ssis_crds::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup, host_secret_keys};
 use ssis_operator::catalog::{
     Catalog, CatalogError, CatalogObservation, CatalogTarget, SecretString, SecretValue, SqlAction,
 };
-use ssis_operator::controller::{CertificateIssuer, Context, IssuedMaterial, ManualClock, TlsMaterial};
-use ssis_operator::plan::{CertificateRequest, CertificateRequestSource};
+use ssis_operator::controller::{CertificateIssuer, Context, ManualClock, SecretData};
+use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, IssuedCertificate};
 
 pub const OPERATOR_NS: &str = "ssis-system";
 
@@ -149,8 +149,8 @@ impl Catalog for FakeCatalog {
     }
 }
 
-/// Issues deterministic "certificates" (no cryptography): the thumbprint derives from the id and
-/// a counter so a second request for the same id yields a new certificate.
+/// Issues deterministic "certificates" without cryptography (RSA generation is slow in debug
+/// builds and not what these tests are about): the thumbprint counts the issued certificates.
 #[derive(Default)]
 pub struct FakeIssuer {
     pub issued: Mutex<Vec<String>>,
@@ -160,26 +160,34 @@ impl CertificateIssuer for FakeIssuer {
     fn issue(
         &self,
         request: &CertificateRequest,
-        tls: Option<&TlsMaterial>,
+        secret_name: &str,
+        tls_secret_data: Option<&SecretData>,
         now: jiff::Timestamp,
-    ) -> Result<IssuedMaterial, String> {
+    ) -> Result<(IssuedCertificate, SecretData), String> {
         let mut issued = self.issued.lock().unwrap();
         issued.push(request.id.clone());
-        let thumbprint = format!("{:040X}", issued.len());
         let dns_names = match &request.source {
             CertificateRequestSource::Generate { dns_names, .. } => dns_names.clone(),
-            CertificateRequestSource::FromTlsSecret { .. } => vec![],
+            CertificateRequestSource::FromTlsSecret { .. } => {
+                tls_secret_data.filter(|d| d.contains_key("tls.crt")).ok_or("TLS Secret lacks tls.crt")?;
+                vec![]
+            }
         };
-        let _ = tls;
-        Ok(IssuedMaterial {
-            pfx: vec![0x30],
-            pfx_password: SecretString::new("pfx-password"),
-            certificate_der: vec![0x30],
-            thumbprint,
+        let certificate = IssuedCertificate {
+            id: request.id.clone(),
+            secret_name: secret_name.to_string(),
+            thumbprint: format!("{:040X}", issued.len()),
             not_before: now,
             not_after: now.checked_add(jiff::SignedDuration::from_hours(24 * 365)).unwrap(),
             dns_names,
-        })
+            source_fingerprint: None,
+        };
+        let data = BTreeMap::from([
+            (host_secret_keys::PFX.to_string(), vec![0x30]),
+            (host_secret_keys::PFX_PASSWORD.to_string(), b"pfx-password".to_vec()),
+            (host_secret_keys::CERTIFICATE_DER.to_string(), vec![0x30]),
+        ]);
+        Ok((certificate, data))
     }
 }
 

@@ -1,0 +1,155 @@
+//! Whole passes of `reconcile_world` (real planner) over the example deployment and over odd
+//! resources the schema admits, against the in-memory API server.
+
+mod controller_support;
+
+use std::collections::BTreeMap;
+
+use controller_support::*;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams};
+use ssis_crds::*;
+use ssis_operator::catalog::{CatalogObservation, ReplicaObservation};
+use ssis_operator::controller::{Context, ReconcileReport, reconcile_world};
+
+/// The committed example deployment, with `stringData` Secrets turned into `data` (the in-memory
+/// server does not do that conversion).
+fn example_objects() -> Vec<serde_json::Value> {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut objects = vec![];
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    for file in files.into_iter().filter(|f| f.extension().is_some_and(|e| e == "yaml")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for document in serde_yaml_ng::Deserializer::from_str(&text) {
+            let value: serde_json::Value = serde::Deserialize::deserialize(document).unwrap();
+            if value.is_null() {
+                continue;
+            }
+            if value["kind"] == "Secret" {
+                let mut secret: Secret = serde_json::from_value(value.clone()).unwrap();
+                let string_data = secret.string_data.take().unwrap_or_default();
+                let data: BTreeMap<String, ByteString> =
+                    string_data.into_iter().map(|(k, v)| (k, ByteString(v.into_bytes()))).collect();
+                secret.data = Some(data);
+                objects.push(json(&secret));
+            } else {
+                objects.push(value);
+            }
+        }
+    }
+    for node in ["win-sql-1", "win-sql-2", "win-worker-1"] {
+        objects.push(json(&windows_node(node)));
+    }
+    objects
+}
+
+/// Run passes until one writes nothing; returns every report.
+async fn converge(ctx: &Context<FakeCatalog>, max_passes: usize) -> Vec<ReconcileReport> {
+    let mut reports = vec![];
+    for _ in 0..max_passes {
+        let report = reconcile_world(ctx).await.expect("pass");
+        let done = report.writes() == 0;
+        reports.push(report);
+        if done {
+            return reports;
+        }
+    }
+    panic!("no fixed point after {max_passes} passes: {:?}", reports.last());
+}
+
+#[tokio::test]
+async fn unreachable_sql_does_not_stop_host_configs_and_a_converged_world_writes_nothing() {
+    let client = fake_client(example_objects()).await;
+    let (ctx, _) = context(client.clone(), FakeCatalog::unreachable());
+    let reports = converge(&ctx, 10).await;
+    let first = &reports[0];
+    assert!(first.writes() > 0, "the first pass has work to do: {first:?}");
+    assert!(first.problems.iter().any(|p| p.contains("observing SQL")), "{first:?}");
+
+    // The master nodes got their HostConfigs although SQL was never reachable.
+    let host_configs = Api::<HostConfig>::all(client.clone()).list(&ListParams::default()).await.unwrap();
+    let names: Vec<_> = host_configs.items.iter().filter_map(|h| h.metadata.name.clone()).collect();
+    assert!(names.contains(&"win-sql-1".to_string()) && names.contains(&"win-sql-2".to_string()), "{names:?}");
+
+    // Every custom resource has a kstatus status with observedGeneration.
+    let groups = Api::<SsisdbAvailabilityGroup>::namespaced(client.clone(), "ssis").list(&Default::default()).await;
+    for group in groups.unwrap().items {
+        let status = group.status.expect("status written");
+        assert_eq!(status.observed_generation, group.metadata.generation);
+        assert!(find_condition(&status.conditions, "Ready").is_some());
+    }
+    let workers = Api::<ScaleOutWorker>::namespaced(client.clone(), "ssis").list(&Default::default()).await.unwrap();
+    assert!(
+        workers.items.iter().all(|w| w.metadata.finalizers.iter().flatten().any(|f| f == "ssis.sqlops.io/cleanup"))
+    );
+
+    // Nothing secret leaked into a status or an Event.
+    let everything = format!("{:?}{:?}", workers.items, host_configs.items);
+    assert!(!everything.contains("CHANGE-ME"), "a Secret value leaked");
+
+    let again = reconcile_world(&ctx).await.unwrap();
+    assert_eq!(again.writes(), 0, "{again:?}");
+}
+
+#[tokio::test]
+async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
+    let client = fake_client(example_objects()).await;
+    let catalog = FakeCatalog::default();
+    // A reachable group whose SSISDB is not prepared for Scale Out yet.
+    *catalog.observation.lock().unwrap() = Some(CatalogObservation {
+        primary: Some("WIN-SQL-1".into()),
+        availability_group_exists: true,
+        database_in_group: true,
+        listener: Some(("agl-ssis".into(), Some(1433))),
+        replicas: ["WIN-SQL-1", "WIN-SQL-2"]
+            .iter()
+            .map(|name| ReplicaObservation {
+                name: (*name).into(),
+                reachable: true,
+                role: if *name == "WIN-SQL-1" { "PRIMARY" } else { "SECONDARY" }.into(),
+                synchronization_health: "HEALTHY".into(),
+                sql_auth_enabled: true,
+                ..Default::default()
+            })
+            .collect(),
+        ssisdb: Some(Default::default()),
+    });
+    let (ctx, _) = context(client.clone(), catalog);
+    let first = reconcile_world(&ctx).await.unwrap();
+    assert!(first.sql_actions > 0, "an unprepared SSISDB gets SQL actions: {first:?}");
+    let executed = ctx.catalog.executed.lock().unwrap().clone();
+    assert_eq!(executed.len() as u32, first.sql_actions);
+    let group = Api::<SsisdbAvailabilityGroup>::namespaced(client, "ssis").get("ssisdb").await.unwrap();
+    assert_eq!(group.status.unwrap().primary_replica.as_deref(), Some("WIN-SQL-1"));
+}
+
+#[tokio::test]
+async fn resources_with_empty_optional_fields_never_panic() {
+    let mut objects = vec![json(&windows_node("win-1"))];
+    let mut group = SsisdbAvailabilityGroup::new("empty", Default::default());
+    group.metadata.namespace = Some("odd".into());
+    group.spec.listener.port = 0;
+    group.spec.replicas = vec![AvailabilityReplica { port: 70000, ..Default::default() }];
+    objects.push(json(&group));
+    let mut master = ScaleOutMasterGroup::new("empty", Default::default());
+    master.metadata.namespace = Some("odd".into());
+    master.spec.nodes = vec!["win-1".into(), "missing-node".into()];
+    objects.push(json(&master));
+    let mut pool = ScaleOutWorker::new("pool", Default::default());
+    pool.metadata.namespace = Some("odd".into());
+    pool.spec.node_selector = Some(Default::default());
+    pool.spec.certificate = CertificateSource::default();
+    objects.push(json(&pool));
+    let mut single = ScaleOutWorker::new("single", Default::default());
+    single.metadata.namespace = Some("odd".into());
+    single.spec.node_name = Some("win-1".into());
+    single.spec.master_group_ref.name = "empty".into();
+    objects.push(json(&single));
+
+    let client = fake_client(objects).await;
+    let (ctx, _) = context(client, FakeCatalog::unreachable());
+    let reports = converge(&ctx, 10).await;
+    assert_eq!(reports.last().unwrap().writes(), 0);
+}
