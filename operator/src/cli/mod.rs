@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 
 pub mod crd;
 pub mod plan;
+pub mod run;
 pub mod simulate;
 
 /// Operator for SQL Server Integration Services Scale Out with master high availability.
@@ -23,6 +24,8 @@ pub enum Command {
     Crd(crd::CrdArgs),
     /// Preview offline what the operator would do for a set of manifests (GitOps pull-request preview).
     Plan(plan::PlanArgs),
+    /// Run the controllers (leader election, /metrics, /healthz, /readyz).
+    Run(run::RunArgs),
     /// Run the operator, agents, simulated hosts and a simulated SSISDB in process and show what happens.
     Simulate(simulate::SimulateArgs),
 }
@@ -32,6 +35,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Crd(args) => crd::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Run(args) => run::run(args),
         Command::Simulate(args) => simulate::run(args),
     };
     match result {
