@@ -748,3 +748,55 @@ fn statuses_carry_observed_generation_and_never_secret_values() {
         assert!(!text.contains(fingerprint), "secret metadata {fingerprint} leaked into the plan");
     }
 }
+
+#[test]
+fn tls_secret_content_change_rotates_the_master_certificate_keeping_both_secrets() {
+    let mut input = input();
+    input.master_groups[0].spec.certificate =
+        CertificateSource { secret_ref: Some(SecretRef { name: "master-tls".into() }), generate: None };
+    input.secrets.insert(
+        "ssis/master-tls".into(),
+        ssis_operator::plan::SecretMeta {
+            keys: ["tls.crt".to_string(), "tls.key".to_string()].into(),
+            fingerprint: "aaaaaaaaaaaaaaaa-v1".into(),
+        },
+    );
+    let mut world = World::new(input);
+    world.converge(6);
+    let before = world.input.master_groups[0].status.clone().and_then(|s| s.certificate).expect("certificate in use");
+    let stable = world.pass();
+    assert!(stable.certificate_requests.is_empty(), "an unchanged TLS Secret is not converted again");
+
+    // cert-manager renews the certificate: the Secret's content changes.
+    world.input.secrets.get_mut("ssis/master-tls").expect("secret").fingerprint = "bbbbbbbbbbbbbbbb-v2".into();
+    let output = world.pass();
+    assert!(output.certificate_requests.iter().any(|r| matches!(
+        &r.source,
+        ssis_operator::plan::CertificateRequestSource::FromTlsSecret { secret } if secret == "ssis/master-tls"
+    )));
+    let output = world.pass();
+    let rotation = output.master_group_statuses[GROUP_KEY].rotation.clone().expect("rotation started");
+    assert_eq!(rotation.phase, RotationPhase::TrustingNew);
+    assert_eq!(rotation.from_thumbprint.as_deref(), Some(before.thumbprint.as_str()));
+    let old_secret = before.host_secret_name.expect("secret name");
+    assert!(output.retained_host_secrets.contains(&old_secret), "the served certificate's Secret is kept");
+    assert!(output.retained_host_secrets.contains(&rotation.to_host_secret_name.expect("new secret")));
+}
+
+#[test]
+fn duplicate_agent_id_from_a_cloned_image_fails_the_node_with_the_fix() {
+    let mut input = input();
+    input.workers.push(worker("wk-2", "wk-2"));
+    input.nodes.push(windows_node("wk-2"));
+    let mut world = World::new(input);
+    world.input.catalogs.insert(AG_KEY.into(), converged_observation());
+    world.converge(6);
+    let host = world.input.host_configs.iter_mut().find(|h| h.metadata.name.as_deref() == Some("wk-2")).expect("wk-2");
+    let settings = host.status.as_mut().and_then(|s| s.worker_settings.as_mut()).expect("worker settings observed");
+    settings.values.insert("AgentId".into(), agent_id("wk-1"));
+    let output = plan(&world.input);
+    let node = &output.worker_statuses["ssis/wk-2"].nodes[0];
+    assert_eq!(node.phase, WorkerPhase::Failed);
+    assert!(node.message.as_deref().is_some_and(|m| m.contains("wk-1") && m.contains("AgentId")));
+    assert_eq!(condition(&output.worker_statuses["ssis/wk-2"].conditions, "Stalled").reason, "DuplicateAgentId");
+}

@@ -291,6 +291,14 @@ pub fn rotation_target(rotation: &RotationStatus) -> Option<HostMaterial> {
     })
 }
 
+/// The wanted certificate `id` is the one in use already (same thumbprint and Secret).
+pub fn is_current(input: &PlanInput, id: &str, current: &HostMaterial) -> bool {
+    input
+        .issued_certificates
+        .get(id)
+        .is_some_and(|i| i.thumbprint.eq_ignore_ascii_case(&current.thumbprint) && i.secret_name == current.secret_name)
+}
+
 /// Issued certificate with this thumbprint, if the operator still has its material.
 pub fn issued_by_thumbprint<'a>(input: &'a PlanInput, thumbprint: &str) -> Option<&'a IssuedCertificate> {
     input.issued_certificates.values().find(|c| c.thumbprint.eq_ignore_ascii_case(thumbprint))

@@ -355,3 +355,47 @@ impl Conflicts {
         self.by_owner_node.get(&(owner.clone(), node.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    use super::*;
+
+    fn requirement(key: &str, operator: &str, values: &[&str]) -> LabelSelectorRequirement {
+        LabelSelectorRequirement {
+            key: key.into(),
+            operator: operator.into(),
+            values: Some(values.iter().map(|v| v.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn selector_supports_every_operator_and_names_an_unknown_one() {
+        let labels = BTreeMap::from([("pool".to_string(), "etl".to_string())]);
+        let selector =
+            |r: LabelSelectorRequirement| LabelSelector { match_expressions: Some(vec![r]), match_labels: None };
+        assert_eq!(selector_matches(&selector(requirement("pool", "In", &["etl", "x"])), &labels), Ok(true));
+        assert_eq!(selector_matches(&selector(requirement("pool", "NotIn", &["etl"])), &labels), Ok(false));
+        assert_eq!(selector_matches(&selector(requirement("pool", "Exists", &[])), &labels), Ok(true));
+        assert_eq!(selector_matches(&selector(requirement("gpu", "DoesNotExist", &[])), &labels), Ok(true));
+        let error =
+            selector_matches(&selector(requirement("pool", "Gt", &["1"])), &labels).expect_err("unknown operator");
+        assert!(error.contains("matchExpressions[0].operator") && error.contains("Gt"));
+    }
+
+    #[test]
+    fn conflicts_flag_every_claim_on_a_node_with_two_versions() {
+        let claim = |owner: Owner, version| Claim { owner, node: "n".into(), version };
+        let conflicts = Conflicts::detect(&[
+            claim(Owner::MasterGroup("a/m".into()), SqlVersion::V160),
+            claim(Owner::Worker("a/w".into()), SqlVersion::V150),
+        ]);
+        assert_eq!(
+            conflicts.get(&Owner::MasterGroup("a/m".into()), "n").map(|c| c.0.as_str()),
+            Some("SqlVersionConflict")
+        );
+        assert!(conflicts.get(&Owner::Worker("a/w".into()), "n").is_some());
+        assert!(conflicts.get(&Owner::Worker("a/w".into()), "other").is_none());
+    }
+}

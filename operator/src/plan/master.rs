@@ -473,8 +473,6 @@ fn plan_master_certificate(
         (&current, previous.rotation.as_ref().filter(|r| r.phase != RotationPhase::Idle))
         && let Some(target) = rotation_target(rotation)
     {
-        pass.output.retained_host_secrets.insert(current.secret_name.clone());
-        pass.output.retained_host_secrets.insert(target.secret_name.clone());
         let ip_port = format!("0.0.0.0:{}", spec.master_service.port);
         let waiting =
             master_phase_waiting_on(pass, rotation.phase, current, &target, master_nodes, worker_nodes, &ip_port);
@@ -495,7 +493,6 @@ fn plan_master_certificate(
             format!("master certificate rotation: {:?} → {next:?}", rotation.phase),
         );
         if next == RotationPhase::Idle {
-            pass.output.retained_host_secrets.remove(&current.secret_name);
             let issued = super::certificates::issued_by_thumbprint(input, &target.thumbprint);
             let status = CertificateStatus {
                 thumbprint: target.thumbprint.clone(),
@@ -526,17 +523,10 @@ fn plan_master_certificate(
         Ok(wanted) => wanted,
         Err((reason, message)) => {
             findings.stall(&reason, message);
-            if let Some(current) = &current {
-                pass.output.retained_host_secrets.insert(current.secret_name.clone());
-            }
             return (current.as_ref().map(|c| master_layout(RotationPhase::Idle, c, None)), current_status, None);
         }
     };
-    let wanted = wanted
-        .filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
-    if let Some(current) = &current {
-        pass.output.retained_host_secrets.insert(current.secret_name.clone());
-    }
+    let wanted = wanted.filter(|w| current.as_ref().is_none_or(|c| !super::certificates::is_current(input, &w.id, c)));
     let Some(wanted) = wanted else {
         return (current.as_ref().map(|c| master_layout(RotationPhase::Idle, c, None)), current_status, None);
     };
@@ -550,7 +540,6 @@ fn plan_master_certificate(
         );
         return (current.as_ref().map(|c| master_layout(RotationPhase::Idle, c, None)), current_status, None);
     };
-    pass.output.retained_host_secrets.insert(issued.secret_name.clone());
     let issued_status = CertificateStatus {
         thumbprint: issued.thumbprint.clone(),
         not_after: issued.not_after.to_string(),
@@ -565,14 +554,11 @@ fn plan_master_certificate(
             None,
         ),
         // Same certificate in a new Secret (e.g. the TLS Secret was re-applied): adopt it.
-        Some(c) if c.thumbprint.eq_ignore_ascii_case(&issued.thumbprint) => {
-            pass.output.retained_host_secrets.remove(&c.secret_name);
-            (
-                Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)),
-                Some(issued_status),
-                None,
-            )
-        }
+        Some(c) if c.thumbprint.eq_ignore_ascii_case(&issued.thumbprint) => (
+            Some(master_layout(RotationPhase::Idle, &HostMaterial::from_issued(issued), None)),
+            Some(issued_status),
+            None,
+        ),
         Some(c) => {
             let rotation = start_rotation(input, &c.thumbprint, issued);
             pass.event(

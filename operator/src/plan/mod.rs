@@ -234,6 +234,7 @@ pub fn plan(input: &PlanInput) -> PlanOutput {
     }
     let Pass { mut output, sql, contributions, .. } = pass;
     output.host_configs = merge::merge(contributions);
+    output.retained_host_secrets = retained_host_secrets(input, &output);
     for (key, mut actions) in sql {
         actions.sort_by_key(|(stage, _)| *stage);
         output.sql_actions.insert(key, actions.into_iter().map(|(_, action)| action).collect());
@@ -264,4 +265,28 @@ fn claims(input: &PlanInput, worker_nodes: &BTreeMap<ObjectKey, worker::Resolved
         }
     }
     claims
+}
+
+/// Certificate Secrets still in use: referenced by a desired HostConfig item, or by a status as the
+/// served or rotating-to certificate (also while no node can take items).
+fn retained_host_secrets(input: &PlanInput, output: &PlanOutput) -> BTreeSet<String> {
+    let mut retained: BTreeSet<String> = output
+        .host_configs
+        .values()
+        .flat_map(|spec| &spec.certificates)
+        .filter_map(|c| c.source.as_ref().map(|s| s.secret_name.clone()))
+        .collect();
+    for status in output.master_group_statuses.values() {
+        retained.extend(status.certificate.iter().filter_map(|c| c.host_secret_name.clone()));
+        retained.extend(status.rotation.iter().filter_map(|r| r.to_host_secret_name.clone()));
+    }
+    for node in output.worker_statuses.values().flat_map(|s| &s.nodes) {
+        let thumbprints = node.certificate_thumbprint.iter().chain(node.rotating_to_thumbprint.iter());
+        for thumbprint in thumbprints {
+            if let Some(issued) = certificates::issued_by_thumbprint(input, thumbprint) {
+                retained.insert(issued.secret_name.clone());
+            }
+        }
+    }
+    retained
 }

@@ -585,12 +585,9 @@ fn plan_worker_certificate(
         (&current, previous.and_then(|p| p.certificate_rotation.as_ref()).filter(|r| r.phase != RotationPhase::Idle))
         && let Some(target) = rotation_target(rotation)
     {
-        pass.output.retained_host_secrets.insert(current.secret_name.clone());
-        pass.output.retained_host_secrets.insert(target.secret_name.clone());
         let waiting = worker_phase_waiting_on(pass, rotation.phase, current, &target, &group.nodes, node);
         let phase = if waiting.is_empty() { next_worker_phase(rotation.phase) } else { rotation.phase };
         if phase == RotationPhase::Idle {
-            pass.output.retained_host_secrets.remove(&current.secret_name);
             describe(&mut status, &target);
             return Some((worker_layout(RotationPhase::Idle, &target, None), status));
         }
@@ -623,17 +620,12 @@ fn plan_worker_certificate(
         Err((reason, message)) => {
             findings.stall(&reason, message);
             return current.map(|c| {
-                pass.output.retained_host_secrets.insert(c.secret_name.clone());
                 describe(&mut status, &c);
                 (worker_layout(RotationPhase::Idle, &c, None), status)
             });
         }
     };
-    if let Some(current) = &current {
-        pass.output.retained_host_secrets.insert(current.secret_name.clone());
-    }
-    let wanted = wanted
-        .filter(|w| current.as_ref().is_none_or(|c| super::certificates::host_secret_name(&w.id) != c.secret_name));
+    let wanted = wanted.filter(|w| current.as_ref().is_none_or(|c| !super::certificates::is_current(input, &w.id, c)));
     let issued = wanted.as_ref().and_then(|w| input.issued_certificates.get(&w.id));
     match (current, wanted, issued) {
         (Some(current), None, _) => {
@@ -650,16 +642,13 @@ fn plan_worker_certificate(
             })
         }
         (None, Some(_), Some(issued)) => {
-            pass.output.retained_host_secrets.insert(issued.secret_name.clone());
             let material = HostMaterial::from_issued(issued);
             describe(&mut status, &material);
             Some((worker_layout(RotationPhase::Idle, &material, None), status))
         }
         (Some(current), Some(_), Some(issued)) => {
-            pass.output.retained_host_secrets.insert(issued.secret_name.clone());
             let next = HostMaterial::from_issued(issued);
             if current.thumbprint == next.thumbprint {
-                pass.output.retained_host_secrets.remove(&current.secret_name);
                 describe(&mut status, &next);
                 return Some((worker_layout(RotationPhase::Idle, &next, None), status));
             }
