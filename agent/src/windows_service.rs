@@ -64,7 +64,12 @@ pub fn install_as(name: &str, exe: &Path, args: &[OsString]) -> anyhow::Result<(
     launch_arguments.extend(args.iter().cloned());
     let info = ServiceInfo {
         name: OsString::from(name),
-        display_name: OsString::from(DISPLAY_NAME),
+        // Display names must be unique too; other names (tests) get their own.
+        display_name: OsString::from(if name == SERVICE_NAME {
+            DISPLAY_NAME.to_string()
+        } else {
+            format!("{DISPLAY_NAME} ({name})")
+        }),
         service_type: ServiceType::OWN_PROCESS,
         start_type: ServiceStartType::AutoStart,
         error_control: ServiceErrorControl::Normal,

@@ -84,6 +84,15 @@ const WORKER_CER_HEX: &str = concat!(
     "05B3165A",
 );
 
+/// Wine loads a registry-backed store into memory on open and may write that snapshot back when
+/// another handle in the same process commits, resurrecting a just-deleted certificate. The
+/// agent uses one host at a time; the tests do the same.
+static STORES: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    STORES.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
@@ -96,8 +105,19 @@ fn find(host: &WindowsHost, store: CertStore, thumbprint: &str) -> Option<ssis_a
     host.list_certificates(store).unwrap().into_iter().find(|c| c.thumbprint == thumbprint)
 }
 
+/// Thumbprints in LocalMachine\Root other than this file's fixtures (tests run in parallel).
+fn others(host: &WindowsHost) -> std::collections::BTreeSet<String> {
+    host.list_certificates(CertStore::Root)
+        .unwrap()
+        .into_iter()
+        .map(|c| c.thumbprint)
+        .filter(|t| t != MASTER_THUMBPRINT && t != WORKER_THUMBPRINT)
+        .collect()
+}
+
 #[test]
 fn pfx_import_list_and_remove_in_my_and_root() {
+    let _serial = lock();
     let mut host = WindowsHost::new();
     let pfx = unhex(MASTER_PFX_HEX);
     let password = SecretString::new(MASTER_PFX_PASSWORD);
@@ -118,7 +138,8 @@ fn pfx_import_list_and_remove_in_my_and_root() {
 
         // Importing again is idempotent.
         assert_eq!(host.import_pfx(store, &pfx, &password).unwrap(), MASTER_THUMBPRINT);
-        let copies = host.list_certificates(store).unwrap().iter().filter(|c| c.thumbprint == MASTER_THUMBPRINT).count();
+        let copies =
+            host.list_certificates(store).unwrap().iter().filter(|c| c.thumbprint == MASTER_THUMBPRINT).count();
         assert_eq!(copies, 1);
 
         assert!(host.remove_certificate(store, MASTER_THUMBPRINT).unwrap());
@@ -130,6 +151,7 @@ fn pfx_import_list_and_remove_in_my_and_root() {
 
 #[test]
 fn pfx_with_wrong_password_is_invalid_and_not_echoed() {
+    let _serial = lock();
     let mut host = WindowsHost::new();
     let wrong = "not-the-password-7f3a";
     let err = host.import_pfx(CertStore::My, &unhex(MASTER_PFX_HEX), &SecretString::new(wrong)).unwrap_err();
@@ -139,10 +161,12 @@ fn pfx_with_wrong_password_is_invalid_and_not_echoed() {
 
 #[test]
 fn public_certificate_import_list_and_remove_in_root() {
+    let _serial = lock();
     let mut host = WindowsHost::new();
     let der = unhex(WORKER_CER_HEX);
     host.remove_certificate(CertStore::Root, WORKER_THUMBPRINT).unwrap();
-    let before = host.list_certificates(CertStore::Root).unwrap().len();
+    let before = others(&host);
+    assert!(before.len() > 10, "LocalMachine\\Root holds the preinstalled CAs");
 
     assert_eq!(host.import_certificate(CertStore::Root, &der).unwrap(), WORKER_THUMBPRINT);
     let cert = find(&host, CertStore::Root, WORKER_THUMBPRINT).expect("imported certificate is listed");
@@ -150,21 +174,24 @@ fn public_certificate_import_list_and_remove_in_root() {
     assert_eq!(cert.dns_names, vec!["ssis-worker-1".to_string()]);
     assert!(!cert.has_private_key);
     assert!(host.registry_key_exists(&registry_path("Root", WORKER_THUMBPRINT)).unwrap());
-    assert_eq!(host.list_certificates(CertStore::Root).unwrap().len(), before + 1, "other CAs are untouched");
+    assert_eq!(others(&host), before, "other CAs are untouched");
 
     // Idempotent import keeps one copy.
     assert_eq!(host.import_certificate(CertStore::Root, &der).unwrap(), WORKER_THUMBPRINT);
-    assert_eq!(host.list_certificates(CertStore::Root).unwrap().len(), before + 1);
+    let copies =
+        host.list_certificates(CertStore::Root).unwrap().iter().filter(|c| c.thumbprint == WORKER_THUMBPRINT).count();
+    assert_eq!(copies, 1);
 
     assert!(host.remove_certificate(CertStore::Root, WORKER_THUMBPRINT).unwrap());
     assert!(!host.remove_certificate(CertStore::Root, WORKER_THUMBPRINT).unwrap());
     assert!(find(&host, CertStore::Root, WORKER_THUMBPRINT).is_none());
     assert!(!host.registry_key_exists(&registry_path("Root", WORKER_THUMBPRINT)).unwrap());
-    assert_eq!(host.list_certificates(CertStore::Root).unwrap().len(), before);
+    assert_eq!(others(&host), before);
 }
 
 #[test]
 fn garbage_material_and_bad_thumbprints_are_invalid() {
+    let _serial = lock();
     let mut host = WindowsHost::new();
     let err = host.import_certificate(CertStore::Root, b"not a certificate").unwrap_err();
     assert!(matches!(err, HostError::Invalid(_)), "{err:?}");

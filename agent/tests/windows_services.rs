@@ -33,10 +33,22 @@ fn wait_for_marker(path: &PathBuf, expected: &str) -> String {
     }
 }
 
+/// Removes the test service even when an assertion fails, so later runs start clean.
+struct Uninstall(String);
+
+impl Drop for Uninstall {
+    fn drop(&mut self) {
+        let _ = uninstall_named(&self.0);
+    }
+}
+
 #[test]
 fn full_lifecycle_of_a_real_service() {
     let mut host = WindowsHost::new();
-    let name = format!("ssis-agent-test-{}", std::process::id());
+    // Wine reuses small process ids: add the time so names never collide across runs.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+    let name = format!("ssis-agent-test-{}-{nanos}", std::process::id());
+    let _cleanup = Uninstall(name.clone());
     let dir = PathBuf::from(r"C:\ssis-agent-tests");
     std::fs::create_dir_all(&dir).unwrap();
     let marker = dir.join(format!("{name}.marker"));
@@ -90,9 +102,12 @@ fn missing_services_are_absent_or_not_found_and_never_leak_passwords() {
     let mut host = WindowsHost::new();
     let name = "ssis-agent-test-never-installed";
     assert_eq!(host.query_service(name).unwrap(), None);
-    assert!(matches!(host.start_service(name), Err(HostError::NotFound(_))));
-    assert!(matches!(host.stop_service(name), Err(HostError::NotFound(_))));
-    assert!(matches!(host.set_service_start_type(name, ServiceStartType::Manual), Err(HostError::NotFound(_))));
+    let err = host.start_service(name).unwrap_err();
+    assert!(matches!(err, HostError::NotFound(_)), "{err:?}");
+    let err = host.stop_service(name).unwrap_err();
+    assert!(matches!(err, HostError::NotFound(_)), "{err:?}");
+    let err = host.set_service_start_type(name, ServiceStartType::Manual).unwrap_err();
+    assert!(matches!(err, HostError::NotFound(_)), "{err:?}");
     let secret = "Do-Not-Print-Me-42";
     let err = host.set_service_logon(name, r"CORP\svc", &SecretString::new(secret)).unwrap_err();
     assert!(matches!(err, HostError::NotFound(_)), "{err:?}");

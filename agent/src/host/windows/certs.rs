@@ -187,8 +187,9 @@ pub(crate) fn find(store: &Store, thumbprint: &str) -> Result<Option<Ctx>, HostE
 }
 
 /// A crypt32 parse failure (CRYPT_E_ASN1_*, NTE_BAD_DATA, ...) means bad material, not an OS fault.
+/// Code 0: Wine fails a wrong password or an unsupported key without setting an error code.
 fn material_error(context: &str, code: u32) -> HostError {
-    if code == ERROR_INVALID_PASSWORD || code & 0xFFFF_0000 == 0x8009_0000 {
+    if code == 0 || code == ERROR_INVALID_PASSWORD || code & 0xFFFF_0000 == 0x8009_0000 {
         HostError::Invalid(format!("{context}: os error {code:#x}"))
     } else {
         map_code(context, code)
@@ -203,7 +204,6 @@ pub fn import_pfx(store: CertStore, pfx: &[u8], password: &SecretString) -> Resu
     // silently replace an existing key container, and Wine rejects the flag (error 120).
     let imported = unsafe { PFXImportCertStore(&blob, PCWSTR(pw.as_ptr()), CRYPT_MACHINE_KEYSET) };
     pw.iter_mut().for_each(|c| unsafe { std::ptr::write_volatile(c, 0) });
-    // Wine fails some imports (e.g. ECDSA keys) without setting an error code: still Invalid.
     let temp = Store(imported.map_err(|e| material_error("import PFX", code_of(&e)))?);
 
     // The end-entity certificate is the one that carries the private key.

@@ -424,7 +424,7 @@ mod tests {
         let mut bytes: Vec<u8> = s.encode_utf16().chain([0]).flat_map(|u| u.to_le_bytes()).collect();
         out.extend(syntax.to_le_bytes());
         out.extend((bytes.len() as u32).to_le_bytes());
-        while bytes.len() % 4 != 0 {
+        while !bytes.len().is_multiple_of(4) {
             bytes.push(0);
         }
         out.extend(bytes);

@@ -128,12 +128,12 @@ pub fn query(name: &str) -> Result<Option<ServiceInfo>, HostError> {
     }))
 }
 
-/// Poll until the service is in `target` or no longer in `pending`; bounded by STATE_BUDGET.
-fn wait_while(h: &Sc, name: &str, pending: ServiceState) -> Result<ServiceState, HostError> {
+/// Poll while `busy(state)` holds; bounded by STATE_BUDGET. Returns the last state seen.
+fn wait_while(h: &Sc, name: &str, busy: impl Fn(ServiceState) -> bool) -> Result<ServiceState, HostError> {
     let deadline = Instant::now() + STATE_BUDGET;
     loop {
         let state = state_from_raw(status(h, name)?.dwCurrentState.0);
-        if state != pending || Instant::now() >= deadline {
+        if !busy(state) || Instant::now() >= deadline {
             return Ok(state);
         }
         std::thread::sleep(POLL);
@@ -143,7 +143,7 @@ fn wait_while(h: &Sc, name: &str, pending: ServiceState) -> Result<ServiceState,
 pub fn start(name: &str) -> Result<(), HostError> {
     let h = open_existing(name, SERVICE_START | SERVICE_QUERY_STATUS)?;
     // A service still stopping cannot be started yet.
-    wait_while(&h, name, ServiceState::StopPending)?;
+    wait_while(&h, name, |s| s == ServiceState::StopPending)?;
     let deadline = Instant::now() + LOCKED_BUDGET;
     loop {
         match unsafe { StartServiceW(h.0, None) } {
@@ -155,7 +155,7 @@ pub fn start(name: &str) -> Result<(), HostError> {
             },
         }
     }
-    match wait_while(&h, name, ServiceState::StartPending)? {
+    match wait_while(&h, name, |s| s == ServiceState::StartPending)? {
         ServiceState::Stopped => {
             let st = status(&h, name)?;
             Err(HostError::Os {
@@ -176,7 +176,8 @@ pub fn stop(name: &str) -> Result<(), HostError> {
         Err(e) if code_of(&e) == ERROR_SERVICE_NOT_ACTIVE => return Ok(()),
         Err(e) => return Err(map_err(&format!("stop service {name}"), e)),
     }
-    match wait_while(&h, name, ServiceState::StopPending)? {
+    // The service may still report Running until its stop handling begins: wait for Stopped.
+    match wait_while(&h, name, |s| s != ServiceState::Stopped)? {
         ServiceState::Stopped => Ok(()),
         other => Err(HostError::Busy(format!("service {name} is {other:?} after stop"))),
     }
