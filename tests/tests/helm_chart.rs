@@ -10,48 +10,6 @@ use std::collections::BTreeSet;
 use serde_json::{Value, json};
 use support::*;
 
-/// Non-default value sets every structural test also runs against (besides the defaults).
-const VARIANTS: &[(&str, &[&str])] = &[
-    ("defaults", &[]),
-    ("agent disabled", &["--set", "agent.enabled=false"]),
-    (
-        "single replica without leader election",
-        &["--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false"],
-    ),
-    ("service monitor", &["--set", "operator.metrics.serviceMonitor.enabled=true"]),
-    (
-        "custom tolerations and resources",
-        &[
-            "--set-json",
-            r#"agent.tolerations=[{"key":"sku","operator":"Equal","value":"Windows","effect":"NoSchedule"},{"key":"ssis","operator":"Exists"}]"#,
-            "--set-json",
-            r#"agent.resources={"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"cpu":"2","memory":"512Mi"}}"#,
-            "--set-json",
-            r#"operator.resources={"requests":{"cpu":"10m","memory":"32Mi"},"limits":{"cpu":"1","memory":"1Gi"}}"#,
-            "--set-json",
-            r#"operator.tolerations=[{"key":"dedicated","operator":"Equal","value":"ops","effect":"NoExecute","tolerationSeconds":60}]"#,
-            "--set-json",
-            r#"agent.nodeSelector={"ssis.sqlops.io/role":"scale-out"}"#,
-        ],
-    ),
-    ("node-bound agent admission policy", &["--set", "agent.nodeBoundStatusPolicy.enabled=true"]),
-    (
-        "watched namespaces, registry and digest",
-        &[
-            "--set",
-            "imageRegistry=registry.example.com/ssis",
-            "--set",
-            "operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
-            "--set",
-            "agent.image.tag=1.2.3",
-            "--set-json",
-            r#"operator.watchNamespaces=["etl-prod","etl-test"]"#,
-            "--set",
-            "operator.concurrency=8",
-        ],
-    ),
-];
-
 fn operator_deployment(docs: &[Value]) -> &Value {
     one(docs, "Deployment")
 }

@@ -52,9 +52,56 @@ pub fn helm_bin() -> PathBuf {
     tool("helm", "HELM")
 }
 
+/// Helm 3 (installed next to helm v4 as `.tools/bin/helm3`), to check that the chart works with both.
+pub fn helm3_bin() -> PathBuf {
+    tool("helm3", "HELM3")
+}
+
 pub fn kubectl_bin() -> PathBuf {
     tool("kubectl", "KUBECTL")
 }
+
+/// Non-default value sets every structural test also runs against (besides the defaults).
+pub const VARIANTS: &[(&str, &[&str])] = &[
+    ("defaults", &[]),
+    ("agent disabled", &["--set", "agent.enabled=false"]),
+    (
+        "single replica without leader election",
+        &["--set", "operator.replicas=1", "--set", "operator.leaderElection.enabled=false"],
+    ),
+    ("service monitor", &["--set", "operator.metrics.serviceMonitor.enabled=true"]),
+    (
+        "custom tolerations and resources",
+        &[
+            "--set-json",
+            r#"agent.tolerations=[{"key":"sku","operator":"Equal","value":"Windows","effect":"NoSchedule"},{"key":"ssis","operator":"Exists"}]"#,
+            "--set-json",
+            r#"agent.resources={"requests":{"cpu":"100m","memory":"128Mi"},"limits":{"cpu":"2","memory":"512Mi"}}"#,
+            "--set-json",
+            r#"operator.resources={"requests":{"cpu":"10m","memory":"32Mi"},"limits":{"cpu":"1","memory":"1Gi"}}"#,
+            "--set-json",
+            r#"operator.tolerations=[{"key":"dedicated","operator":"Equal","value":"ops","effect":"NoExecute","tolerationSeconds":60}]"#,
+            "--set-json",
+            r#"agent.nodeSelector={"ssis.sqlops.io/role":"scale-out"}"#,
+        ],
+    ),
+    ("node-bound agent admission policy", &["--set", "agent.nodeBoundStatusPolicy.enabled=true"]),
+    (
+        "watched namespaces, registry and digest",
+        &[
+            "--set",
+            "imageRegistry=registry.example.com/ssis",
+            "--set",
+            "operator.image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "--set",
+            "agent.image.tag=1.2.3",
+            "--set-json",
+            r#"operator.watchNamespaces=["etl-prod","etl-test"]"#,
+            "--set",
+            "operator.concurrency=8",
+        ],
+    ),
+];
 
 /// Run a tool offline: no kubeconfig, so nothing can reach a cluster by accident.
 pub fn run(bin: &Path, args: &[&str]) -> Output {
@@ -73,10 +120,16 @@ pub fn run(bin: &Path, args: &[&str]) -> Output {
 
 /// Run helm and return stdout; panics with stderr when it fails.
 pub fn helm_ok(args: &[&str]) -> String {
-    let output = run(&helm_bin(), args);
+    run_ok(&helm_bin(), args)
+}
+
+/// Run a helm binary and return stdout; panics with stderr when it fails.
+pub fn run_ok(bin: &Path, args: &[&str]) -> String {
+    let output = run(bin, args);
     assert!(
         output.status.success(),
-        "helm {} failed ({}):\n{}",
+        "{} {} failed ({}):\n{}",
+        bin.display(),
         args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stderr)
@@ -86,10 +139,16 @@ pub fn helm_ok(args: &[&str]) -> String {
 
 /// Run helm expecting failure; returns stderr.
 pub fn helm_err(args: &[&str]) -> String {
-    let output = run(&helm_bin(), args);
+    run_err(&helm_bin(), args)
+}
+
+/// Run a helm binary expecting failure; returns stderr.
+pub fn run_err(bin: &Path, args: &[&str]) -> String {
+    let output = run(bin, args);
     assert!(
         !output.status.success(),
-        "helm {} unexpectedly succeeded; stdout:\n{}",
+        "{} {} unexpectedly succeeded; stdout:\n{}",
+        bin.display(),
         args.join(" "),
         String::from_utf8_lossy(&output.stdout)
     );
