@@ -333,3 +333,19 @@ fn legacy_config_file_and_registry_pointer() {
     let (_, report) = apply(&mut host, &spec, &secrets, Some(&status));
     assert_eq!(report.total_writes(), 0);
 }
+
+#[test]
+fn a_missing_settings_file_is_recreated_from_the_documented_defaults() {
+    let lab = lab("missing-file", &["ssis-master"]);
+    let spec = master_spec(&lab.master_thumbprint, &[], true);
+    let path = binn(&lab.world.root("m1")).join("MasterSettings.config");
+    std::fs::remove_file(&path).unwrap();
+    let mut host = lab.world.host("m1");
+    let (status, report) = apply(&mut host, &spec, &lab.secrets, None);
+    assert_eq!(report.count(ActionKind::FileWrite), 1);
+    assert_eq!(item(&status, "masterSettings").state, ItemState::Applied);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"CleanupCompletedJobsIntervalInMs\": 43200000"), "{text}");
+    assert!(text.contains("\"SqlServerName\": \"agl-ssis,1433\""), "{text}");
+    assert_eq!(status.master_settings.as_ref().unwrap().format, "Json");
+}

@@ -817,3 +817,106 @@ pub fn plan_service_actions(
     }
     (actions, next)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ssis_crds::{HostConfigSpec, HostService, ServiceRole, ServiceRunState, ServiceStartType};
+
+    use super::{ServiceAction, plan_service_actions};
+    use crate::engine::applied_state::AppliedState;
+    use crate::host::{ServiceInfo, ServiceState};
+
+    fn spec(state: ServiceRunState, token: Option<&str>) -> HostConfigSpec {
+        HostConfigSpec {
+            services: vec![HostService {
+                role: ServiceRole::ScaleOutMaster,
+                state,
+                restart_on_change_of: vec!["masterSettings".into()],
+                restart_token: token.map(str::to_string),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn services(state: ServiceState) -> BTreeMap<ServiceRole, Option<ServiceInfo>> {
+        let info = ServiceInfo { state, start_type: ServiceStartType::Manual, logon_account: "CORP\\svc".into() };
+        BTreeMap::from([(ServiceRole::ScaleOutMaster, Some(info))])
+    }
+
+    const NAME: &str = "SSISScaleOutMaster160";
+
+    #[test]
+    fn restart_only_when_a_trigger_changed_or_the_token_moved() {
+        let changed = vec!["masterSettings".to_string()];
+        let none = |_: &str| false;
+        let (actions, _) = plan_service_actions(
+            &spec(ServiceRunState::Running, None),
+            &none,
+            &services(ServiceState::Running),
+            &[],
+            &AppliedState::default(),
+        );
+        assert_eq!(actions, vec![]);
+        let (actions, _) = plan_service_actions(
+            &spec(ServiceRunState::Running, None),
+            &none,
+            &services(ServiceState::Running),
+            &changed,
+            &AppliedState::default(),
+        );
+        assert!(matches!(&actions[..], [ServiceAction::Restart { because, .. }] if because == &changed));
+        let (actions, next) = plan_service_actions(
+            &spec(ServiceRunState::Running, Some("t1")),
+            &none,
+            &services(ServiceState::Running),
+            &[],
+            &AppliedState::default(),
+        );
+        assert_eq!(actions.len(), 1);
+        assert_eq!(next.restart_tokens[NAME], "t1");
+        let (actions, _) = plan_service_actions(
+            &spec(ServiceRunState::Running, Some("t1")),
+            &none,
+            &services(ServiceState::Running),
+            &[],
+            &next,
+        );
+        assert_eq!(actions, vec![], "the applied token is remembered");
+    }
+
+    #[test]
+    fn cluster_managed_is_never_started_and_restarted_only_where_running() {
+        let changed = vec!["masterSettings".to_string()];
+        let none = |_: &str| false;
+        let managed = spec(ServiceRunState::ClusterManaged, None);
+        let (actions, _) =
+            plan_service_actions(&managed, &none, &services(ServiceState::Stopped), &changed, &AppliedState::default());
+        assert_eq!(actions, vec![]);
+        let (actions, _) =
+            plan_service_actions(&managed, &none, &services(ServiceState::Running), &changed, &AppliedState::default());
+        assert!(matches!(&actions[..], [ServiceAction::Restart { .. }]));
+        // A stopped Running service is started (the start reads everything), not restarted.
+        let (actions, _) = plan_service_actions(
+            &spec(ServiceRunState::Running, None),
+            &none,
+            &services(ServiceState::Stopped),
+            &changed,
+            &AppliedState::default(),
+        );
+        assert!(matches!(&actions[..], [ServiceAction::Start { .. }]));
+        // A pending restart from an interrupted pass is done once and cleared.
+        let pending = AppliedState { pending_restarts: [NAME.to_string()].into(), ..Default::default() };
+        let (actions, next) = plan_service_actions(
+            &spec(ServiceRunState::Running, None),
+            &none,
+            &services(ServiceState::Running),
+            &[],
+            &pending,
+        );
+        assert!(matches!(&actions[..], [ServiceAction::Restart { .. }]));
+        assert!(next.pending_restarts.is_empty());
+    }
+}
