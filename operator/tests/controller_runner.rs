@@ -51,7 +51,8 @@ async fn leader_reconciles_serves_health_and_releases_the_lease_on_shutdown() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         for path in ["/healthz", "/readyz", "/metrics"] {
-            observed.lock().unwrap().push(http_get(addr, path).await);
+            let response = http_get(addr, path).await;
+            observed.lock().unwrap().push(response);
         }
         *lease_seen.lock().unwrap() = lease_api.get("ssis-operator-leader").await.ok();
     };
