@@ -677,6 +677,37 @@ fn converged_system_is_stable_with_no_actions_and_identical_status() {
     }
     assert_eq!(condition(&second.worker_statuses["ssis/wk-1"].conditions, "Ready").status, "True");
     assert_eq!(condition(&second.availability_group_statuses[AG_KEY].conditions, "Ready").status, "True");
+    let group = &second.master_group_statuses[GROUP_KEY];
+    for detail in ["CertificateReady", "ClusterRoleReady", "CatalogReady"] {
+        assert_eq!(condition(&group.conditions, detail).status, "True", "{detail}");
+    }
+    let ag = &second.availability_group_statuses[AG_KEY];
+    for detail in ["ListenerReady", "CatalogKeyReady", "LoggingLoginReady"] {
+        assert_eq!(condition(&ag.conditions, detail).status, "True", "{detail}");
+    }
+    assert_eq!(group.active_node.as_deref(), Some("sql-1"), "the role owner's computer name maps back to its node");
+}
+
+#[test]
+fn unmanaged_cluster_role_that_does_not_exist_stalls_with_the_fix() {
+    let mut input = input();
+    input.master_groups[0].spec.cluster_role.manage = false;
+    let mut world = World::new(input);
+    world.converge(4);
+    for host in &mut world.input.host_configs {
+        if let Some(role) = host.status.as_mut().and_then(|s| s.cluster_role.as_mut()) {
+            role.exists = false;
+        }
+    }
+    let output = plan(&world.input);
+    let status = &output.master_group_statuses[GROUP_KEY];
+    let stalled = condition(&status.conditions, "Stalled");
+    assert_eq!(stalled.reason, "ClusterRoleMissing");
+    assert!(stalled.message.contains("Add-ClusterGenericServiceRole"));
+    assert!(
+        output.host_configs["sql-1"].cluster_role.as_ref().is_some_and(|r| !r.create),
+        "never created when unmanaged"
+    );
 }
 
 #[test]

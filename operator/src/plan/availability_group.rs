@@ -121,6 +121,29 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
         }
     }
 
+    let listener_ready = status.listener.as_ref().is_some_and(|l| l.ready);
+    findings.detail(
+        "ListenerReady",
+        listener_ready,
+        if listener_ready { "ListenerFound" } else { "ListenerNotReady" },
+        format!("listener {} on port {}", spec.listener.name, spec.listener.port),
+    );
+    let all =
+        |ready: fn(&ssis_crds::ReplicaStatus) -> bool| !status.replicas.is_empty() && status.replicas.iter().all(ready);
+    let keys_ready = all(|r| r.catalog_key_ready);
+    findings.detail(
+        "CatalogKeyReady",
+        keys_ready,
+        if keys_ready { "MasterKeyOpenableEverywhere" } else { "MasterKeyNotReady" },
+        "every replica can open the SSISDB master key after a failover (pitfall 10)",
+    );
+    let logins_ready = all(|r| r.logging_login_ready);
+    findings.detail(
+        "LoggingLoginReady",
+        logins_ready,
+        if logins_ready { "LoggingLoginConsistent" } else { "LoggingLoginNotReady" },
+        "##MS_SSISLogDBWorkerAgentLogin## has the primary's SID and the current password on every replica (pitfall 9)",
+    );
     let actions = pass.sql.get(&key).map_or(0, Vec::len);
     if actions > 0 {
         findings.progress("ApplyingSqlActions", format!("{actions} SQL action(s) to run on the replicas"));

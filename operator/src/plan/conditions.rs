@@ -19,6 +19,8 @@ pub struct Findings {
     pub stalled: Vec<Finding>,
     /// The operator (or an agent) is still making changes.
     pub progressing: Vec<Finding>,
+    /// Detail conditions beside the kstatus ones (e.g. `ListenerReady`): type, ok, reason, message.
+    pub detail: Vec<(String, bool, String, String)>,
 }
 
 impl Findings {
@@ -28,6 +30,12 @@ impl Findings {
 
     pub fn progress(&mut self, reason: &str, message: impl Into<String>) {
         push_unique(&mut self.progressing, reason, message.into());
+    }
+
+    /// A detail condition such as `CertificateReady`.
+    pub fn detail(&mut self, type_: &str, ok: bool, reason: &str, message: impl Into<String>) {
+        self.detail.retain(|(t, ..)| t != type_);
+        self.detail.push((type_.to_string(), ok, reason.to_string(), message.into()));
     }
 
     pub fn is_ready(&self) -> bool {
@@ -55,12 +63,17 @@ impl Findings {
             Some(first) => ("True", first.reason.clone(), summarize(self.stalled.iter())),
             None => ("False", "NotStalled".to_string(), "no human action needed".to_string()),
         };
-        [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)]
+        let mut conditions: Vec<Condition> = [(READY, ready), (RECONCILING, reconciling), (STALLED, stalled)]
             .into_iter()
             .map(|(type_, (status, reason, message))| {
                 condition(type_, status, reason, message, generation, previous, now)
             })
-            .collect()
+            .collect();
+        for (type_, ok, reason, message) in &self.detail {
+            let status = if *ok { "True" } else { "False" };
+            conditions.push(condition(type_, status, reason.clone(), message.clone(), generation, previous, now));
+        }
+        conditions
     }
 }
 

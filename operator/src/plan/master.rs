@@ -273,9 +273,48 @@ pub(crate) fn plan_master_group(
     }
 
     // SQL side: reference §6 step 8, §5.3 [INFER] (domain account login), pitfall 8.
-    if let Some(ag) = availability_group {
-        plan_master_sql(pass, group, ag, &endpoint, &mut findings);
+    let catalog_ready = availability_group.is_some_and(|ag| plan_master_sql(pass, group, ag, &endpoint, &mut findings));
+    findings.detail(
+        "CatalogReady",
+        catalog_ready,
+        if catalog_ready { "MasterRegistered" } else { "CatalogNotReady" },
+        format!("the catalog's master address is {endpoint} and the master account has a login on every replica"),
+    );
+    match (&certificate_status, &rotation) {
+        (Some(certificate), None) => findings.detail(
+            "CertificateReady",
+            true,
+            "CertificateServed",
+            format!("serving {} until {}", certificate.thumbprint, certificate.not_after),
+        ),
+        (_, Some(rotation)) => {
+            findings.detail("CertificateReady", false, "Rotating", format!("rotation phase {:?}", rotation.phase))
+        }
+        (None, None) => findings.detail("CertificateReady", false, "Issuing", "the master certificate is being issued"),
     }
+    if !spec.cluster_role.manage
+        && !nodes.is_empty()
+        && nodes.iter().all(|n| pass.inventory.cluster_role(n).is_some_and(|r| !r.exists))
+    {
+        findings.stall(
+            "ClusterRoleMissing",
+            format!(
+                "spec.clusterRole.manage is false but no master node sees the cluster role {network_name}; create the Generic Service role (Add-ClusterGenericServiceRole -ServiceName {} -Name {network_name}) or set spec.clusterRole.manage: true",
+                spec.sql_version.master_service_name()
+            ),
+        );
+    }
+    let role_online = nodes.iter().any(|n| {
+        pass.inventory
+            .cluster_role(n)
+            .is_some_and(|r| r.exists && r.state.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("Online")))
+    });
+    findings.detail(
+        "ClusterRoleReady",
+        role_online,
+        if role_online { "RoleOnline" } else { "RoleNotOnline" },
+        format!("cluster role {network_name} (Generic Service {})", spec.sql_version.master_service_name()),
+    );
 
     // Active node: the owner of the cluster role as any master node sees it.
     let active_node = nodes.iter().find_map(|n| {
@@ -643,19 +682,21 @@ fn plan_master_sql(
     ag: &SsisdbAvailabilityGroup,
     endpoint: &str,
     findings: &mut Findings,
-) {
+) -> bool {
     let ag_key = object_key(&ag.metadata);
     let Some(observation) = pass.input.catalogs.get(&ag_key) else {
         findings.progress("WaitingForCatalog", format!("waiting for the SQL observation of {ag_key}"));
-        return;
+        return false;
     };
     let (Some(primary), Some(ssisdb)) = (observation.primary.clone(), observation.ssisdb.as_ref()) else {
         findings.progress("WaitingForCatalog", format!("{ag_key} has no readable primary yet"));
-        return;
+        return false;
     };
+    let mut ready = true;
     let account = &group.spec.service_account.username;
     for replica in observation.replicas.iter().filter(|r| r.reachable) {
         if !replica.master_account_logins.iter().any(|a| a.eq_ignore_ascii_case(account)) {
+            ready = false;
             pass.sql(
                 &ag_key,
                 SqlStage::MasterAccount,
@@ -664,6 +705,7 @@ fn plan_master_sql(
         }
     }
     if !ssisdb.master_account_users.iter().any(|a| a.eq_ignore_ascii_case(account)) {
+        ready = false;
         pass.sql(
             &ag_key,
             SqlStage::MasterAccount,
@@ -677,5 +719,7 @@ fn plan_master_sql(
             SqlAction::UpdateMasterAddress { replica: primary, address: endpoint.to_string() },
         );
         findings.progress("UpdatingMasterAddress", format!("setting the catalog's master address to {endpoint}"));
+        ready = false;
     }
+    ready
 }
