@@ -271,8 +271,7 @@ fn plan_observed(
     };
 
     // Reference §6 step 4 / §10: the listener masters and workers use.
-    let listener_ok = plan_listener(pass, key, &spec.listener, &primary, observation, status, findings);
-    let _ = listener_ok;
+    plan_listener(pass, key, &spec.listener, &primary, observation, status, findings);
 
     let Some(ssisdb) = ssisdb else {
         findings.stall(
@@ -367,7 +366,8 @@ fn plan_observed(
         .collect();
 }
 
-/// Reference §10: verify the listener, or create it when `listener.create` is set.
+/// Reference §10: verify the listener, or create it when `listener.create` is set; the result
+/// goes into `status.listener`.
 fn plan_listener(
     pass: &mut Pass,
     key: &str,
@@ -376,7 +376,7 @@ fn plan_listener(
     observation: &CatalogObservation,
     status: &mut SsisdbAvailabilityGroupStatus,
     findings: &mut Findings,
-) -> bool {
+) {
     let found = observation.listener.as_ref().filter(|(name, _)| same_name(name, &listener.name));
     let ready = match found {
         Some((_, None)) => {
@@ -435,7 +435,6 @@ fn plan_listener(
         port: found.and_then(|(_, port)| port.map(i32::from)),
         ready,
     });
-    ready
 }
 
 /// Reference §6 step 6: one logging login, with the primary's SID and one password, on every
