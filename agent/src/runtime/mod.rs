@@ -163,18 +163,25 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut backoff = retry_backoff();
     let mut delay = Duration::ZERO;
+    let mut watching = true;
     loop {
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 return Ok(());
             }
-            event = events.next() => {
-                if let Some(Err(error)) = event {
+            event = events.next(), if watching => match event {
+                Some(Ok(_)) => {}
+                Some(Err(error)) => {
                     tracing::warn!(%error, "HostConfig watch error");
                     continue;
                 }
-            }
+                // The watch ended; the drift poll still picks up spec changes.
+                None => {
+                    watching = false;
+                    continue;
+                }
+            },
             () = tokio::time::sleep(delay) => {}
         }
         delay = match sync_once(&client, &host, &config).await {
