@@ -192,12 +192,34 @@ pub enum Error {
 pub async fn reconcile_world<C: Catalog>(ctx: &Context<C>) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
     let world = dereference::dereference(ctx, &mut report).await?;
-    let plan = run_planner(&world.input)?;
+    let mut plan = run_planner(&world.input)?;
     report.stalled = status::any_stalled(&plan);
     apply::apply(ctx, &world, &plan, &mut report).await;
+    keep_unconfirmed_password_fingerprints(&mut plan, &world.input, &report);
     status::update_status(ctx, &world, &plan, &mut report).await;
     ctx.metrics.record_report(&report);
     Ok(report)
+}
+
+/// The planner records the new logging-password fingerprint in the same pass that emits the SQL
+/// actions carrying the new password. When some of those actions did not run, the previous
+/// fingerprint stays in status, so the next pass sees the change again and retries them
+/// (otherwise `catalog.update_logdb_info` would keep the old password for good).
+fn keep_unconfirmed_password_fingerprints(
+    plan: &mut crate::plan::PlanOutput,
+    input: &crate::plan::PlanInput,
+    report: &ReconcileReport,
+) {
+    for key in report.pending_sql_actions.keys() {
+        let Some(status) = plan.availability_group_statuses.get_mut(key) else { continue };
+        let previous = input
+            .availability_groups
+            .iter()
+            .find(|group| object_key(*group) == *key)
+            .and_then(|group| group.status.as_ref())
+            .and_then(|status| status.logging_password_fingerprint.clone());
+        status.logging_password_fingerprint = previous;
+    }
 }
 
 /// The planner is pure; a panic in it must not take the operator down with every other resource.
@@ -239,5 +261,43 @@ pub(crate) fn null_removed_fields(current: &serde_json::Value, desired: &mut ser
                 Some(desired_value) => null_removed_fields(current_value, desired_value),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod password_fingerprint_tests {
+    use super::*;
+    use ssis_crds::{SsisdbAvailabilityGroup, SsisdbAvailabilityGroupStatus};
+
+    fn world_with_previous(previous: &str) -> (crate::plan::PlanInput, crate::plan::PlanOutput) {
+        let mut group = SsisdbAvailabilityGroup::new("ag", Default::default());
+        group.metadata.namespace = Some("ssis".into());
+        group.status = Some(SsisdbAvailabilityGroupStatus {
+            logging_password_fingerprint: Some(previous.into()),
+            ..Default::default()
+        });
+        let input = crate::plan::PlanInput { availability_groups: vec![group], ..Default::default() };
+        let mut plan = crate::plan::PlanOutput::default();
+        plan.availability_group_statuses.insert(
+            "ssis/ag".into(),
+            SsisdbAvailabilityGroupStatus { logging_password_fingerprint: Some("new".into()), ..Default::default() },
+        );
+        (input, plan)
+    }
+
+    #[test]
+    fn failed_sql_actions_keep_the_previous_fingerprint_so_the_password_change_is_retried() {
+        let (input, mut plan) = world_with_previous("old");
+        let mut report = ReconcileReport::default();
+        report.pending_sql_actions.insert("ssis/ag".into(), 1);
+        keep_unconfirmed_password_fingerprints(&mut plan, &input, &report);
+        assert_eq!(plan.availability_group_statuses["ssis/ag"].logging_password_fingerprint.as_deref(), Some("old"));
+    }
+
+    #[test]
+    fn completed_sql_actions_record_the_new_fingerprint() {
+        let (input, mut plan) = world_with_previous("old");
+        keep_unconfirmed_password_fingerprints(&mut plan, &input, &ReconcileReport::default());
+        assert_eq!(plan.availability_group_statuses["ssis/ag"].logging_password_fingerprint.as_deref(), Some("new"));
     }
 }
