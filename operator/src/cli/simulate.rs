@@ -119,8 +119,11 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         for line in round_lines(&report) {
             println!("{line}");
         }
-        let now_failures: BTreeSet<(String, String)> =
-            report.traffic_failures.iter().map(|f| (f.node.clone(), f.message.clone())).collect();
+        let now_failures: BTreeSet<(String, String)> = report
+            .traffic_failures
+            .iter()
+            .map(|f| (world.node_by_computer_name(&f.node).unwrap_or(&f.node).to_string(), f.message.clone()))
+            .collect();
         for (node, message) in now_failures.difference(&failures) {
             println!("round {round}  {node}  cannot reach its master: {message}");
         }
@@ -150,7 +153,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
         workers = now_workers;
         for (kind, name, is_ready, reason) in readiness(&world).await {
             if ready.get(&(kind.clone(), name.clone())) != Some(&is_ready) {
-                println!("round {round}  {kind} {name}  Ready={is_ready} ({reason})");
+                let status = if is_ready { "True" } else { "False" };
+                println!("round {round}  {kind} {name}  Ready={status} ({reason})");
                 ready.insert((kind, name), is_ready);
             }
         }

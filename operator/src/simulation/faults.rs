@@ -62,6 +62,11 @@ impl World {
         Ok(by)
     }
 
+    /// Time passes without any round running (a jump of the simulated clock).
+    pub fn pass_days(&self, days: u64) {
+        self.clock.advance(std::time::Duration::from_secs(days * 24 * 3600));
+    }
+
     /// An administrator edits one owned key of a settings file by hand.
     pub fn edit_setting(&self, node: &str, file: &str, key: &str, value: &str) -> Result<(), String> {
         let path = binn_file(self, node, file)?;

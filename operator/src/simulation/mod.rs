@@ -321,6 +321,15 @@ impl World {
         report
     }
 
+    /// What the planner would see now (the operator's dereference stage), e.g. to time the pure
+    /// planner on its own.
+    pub async fn plan_input(&self) -> Result<crate::plan::PlanInput, String> {
+        let mut report = ReconcileReport::default();
+        let world =
+            crate::controller::dereference::dereference(&self.ctx, &mut report).await.map_err(|e| e.to_string())?;
+        Ok(world.input)
+    }
+
     /// The operator's `reconcile_world` once.
     pub async fn operator_pass(&mut self) -> Result<ReconcileReport, String> {
         reconcile_world(&self.ctx).await.map_err(|e| e.to_string())
@@ -641,6 +650,11 @@ impl World {
     /// The root directory of `node`'s host (for fault injection).
     pub fn host_root(&self, node: &str) -> Result<PathBuf, String> {
         self.nodes.get(node).map(|n| n.root.clone()).ok_or_else(|| format!("no node {node}"))
+    }
+
+    /// The node whose host has this Windows computer name (connection failures name computers).
+    pub fn node_by_computer_name(&self, computer_name: &str) -> Option<&str> {
+        self.nodes.iter().find(|(_, n)| n.computer_name.eq_ignore_ascii_case(computer_name)).map(|(k, _)| k.as_str())
     }
 
     /// Stop or start taking `node`'s agent into rounds.
