@@ -2,7 +2,6 @@
 
 use ssis_crds::CertStore;
 use windows::Win32::Foundation::{HLOCAL, LocalFree};
-use windows::Win32::Security::Cryptography::CERT_CONTROL_STORE_FLAGS;
 use windows::Win32::Security::Cryptography::{
     CERT_ALT_NAME_INFO, CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_HASH_PROP_ID, CERT_KEY_PROV_INFO_PROP_ID,
     CERT_NAME_STR_REVERSE_FLAG, CERT_OPEN_STORE_FLAGS, CERT_QUERY_ENCODING_TYPE, CERT_STORE_ADD_REPLACE_EXISTING,
@@ -14,6 +13,7 @@ use windows::Win32::Security::Cryptography::{
     CryptDecodeObjectEx, HCERTSTORE, PFXImportCertStore, PKCS_7_ASN_ENCODING, X509_ALTERNATE_NAME, X509_ASN_ENCODING,
     szOID_SUBJECT_ALT_NAME2,
 };
+use windows::Win32::Security::Cryptography::{CERT_CONTROL_STORE_FLAGS, CertOpenStore};
 use windows::core::PCWSTR;
 
 use super::util::{code_of, filetime_to_rfc3339, from_wide, hex_upper, map_code, parse_thumbprint, wide};
@@ -67,8 +67,6 @@ pub(crate) fn open(store: CertStore) -> Result<Store, HostError> {
     .map_err(|e| map_code(&format!("open LocalMachine\\{}", store_name(store)), code_of(&e)))?;
     Ok(Store(h))
 }
-
-use windows::Win32::Security::Cryptography::CertOpenStore;
 
 fn thumbprint(ctx: *const CERT_CONTEXT) -> Result<String, HostError> {
     let mut hash = [0u8; 20];
