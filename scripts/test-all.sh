@@ -12,6 +12,8 @@ cd "$ROOT"
 
 bash scripts/ci/install-rust.sh
 bash scripts/ci/install-windows.sh
+# Wine's background processes would otherwise keep the caller's output pipe open after we exit.
+trap 'bash scripts/ci/install-windows.sh stop' EXIT
 bash scripts/ci/install-helm.sh
 export PATH="$ROOT/.tools/bin:$PATH"
 
