@@ -92,11 +92,18 @@ impl ApiLedger {
     }
 }
 
+/// An object a user deleted while it still had finalizers: (resource plural, namespace, name).
+type DeletingKey = (String, String, String);
+
 /// The fake API server plus the ledger.
 #[derive(Clone)]
 pub struct SimulatedApi {
     raw: kube::Client,
     ledger: Arc<Mutex<ApiLedger>>,
+    /// kube-fake-client deletes at once and cannot store a deletionTimestamp, so objects deleted
+    /// with finalizers are kept here and shown with their deletionTimestamp until the last
+    /// finalizer is removed, as a real API server does.
+    deleting: Arc<Mutex<BTreeMap<DeletingKey, String>>>,
 }
 
 /// A builder with every kind the world uses.
@@ -118,7 +125,7 @@ impl SimulatedApi {
     /// [`CLUSTER_SCOPE_NAMESPACE`]).
     pub async fn new(objects: Vec<serde_json::Value>) -> Result<Self, String> {
         let raw = fake_builder(objects).build().await.map_err(|e| format!("building the in-memory API: {e}"))?;
-        Ok(Self { raw, ledger: Arc::new(Mutex::new(ApiLedger::default())) })
+        Ok(Self { raw, ledger: Arc::new(Mutex::new(ApiLedger::default())), deleting: Default::default() })
     }
 
     pub fn ledger(&self) -> MutexGuard<'_, ApiLedger> {
@@ -130,13 +137,22 @@ impl SimulatedApi {
         self.ledger().rules.push(rule);
     }
 
+    /// Mark a namespaced object with finalizers as deleted at `at` (RFC 3339): it is shown with
+    /// that deletionTimestamp and removed once its last finalizer goes.
+    pub fn mark_deleting(&self, resource: &str, namespace: &str, name: &str, at: String) {
+        let mut deleting = self.deleting.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        deleting.insert((resource.to_string(), namespace.to_string(), name.to_string()), at);
+    }
+
     /// A client for `component`: cluster-scoped paths rewritten, writes counted, faults injected.
     pub fn client(&self, component: Component) -> kube::Client {
         let raw = self.raw.clone();
         let ledger = self.ledger.clone();
+        let deleting = self.deleting.clone();
         let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
             let raw = raw.clone();
             let ledger = ledger.clone();
+            let deleting = deleting.clone();
             async move {
                 if let Some(path) = rewrite_cluster_path(request.uri().path()) {
                     let uri = match request.uri().query() {
@@ -156,8 +172,17 @@ impl SimulatedApi {
                     Some(ApiFault::TimeoutBeforeApply) => return Err(timeout()),
                     _ => {}
                 }
+                let method = request.method().clone();
+                let watch = request.uri().query().is_some_and(|q| q.contains("watch=true"));
+                let target = object_of(request.uri().path());
                 let response = raw.send(request).await?;
                 let ok = response.status().is_success();
+                let marked = !deleting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).is_empty();
+                let response = if ok && marked && !watch {
+                    finish_deletions(&raw, &deleting, &method, target, response).await?
+                } else {
+                    response
+                };
                 {
                     let mut ledger = ledger.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                     ledger.requests += 1;
@@ -173,6 +198,74 @@ impl SimulatedApi {
         });
         kube::Client::new(service, "default")
     }
+}
+
+/// (resource, namespace, name) of a namespaced object path; name empty for a collection.
+fn object_of(path: &str) -> Option<(String, String, String)> {
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let start = if parts.first() == Some(&"apis") { 3 } else { 2 };
+    match parts.get(start..).unwrap_or_default() {
+        ["namespaces", namespace, resource] => Some((resource.to_string(), namespace.to_string(), String::new())),
+        ["namespaces", namespace, resource, name] => {
+            Some((resource.to_string(), namespace.to_string(), name.to_string()))
+        }
+        [resource] => Some((resource.to_string(), String::new(), String::new())),
+        _ => None,
+    }
+}
+
+/// Show marked objects with their deletionTimestamp; delete one for real when a write left it
+/// without finalizers.
+async fn finish_deletions(
+    raw: &kube::Client,
+    deleting: &Mutex<BTreeMap<DeletingKey, String>>,
+    method: &http::Method,
+    target: Option<(String, String, String)>,
+    response: http::Response<kube::client::Body>,
+) -> Result<http::Response<kube::client::Body>, kube::Error> {
+    let Some((resource, namespace, name)) = target else { return Ok(response) };
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect_bytes().await?;
+    let Ok(mut value) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return Ok(http::Response::from_parts(parts, kube::client::Body::from(bytes)));
+    };
+    let marked = deleting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+    let mut finished = None;
+    let mut mark = |object: &mut serde_json::Value| {
+        let object_namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
+        let object_name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        let key = (resource.clone(), object_namespace, object_name);
+        if let Some(at) = marked.get(&key) {
+            object["metadata"]["deletionTimestamp"] = serde_json::json!(at);
+            let finalizers = object["metadata"]["finalizers"].as_array().map(Vec::len).unwrap_or(0);
+            if finalizers == 0 && *method != http::Method::GET {
+                finished = Some(key);
+            }
+        }
+    };
+    if name.is_empty() && *method == http::Method::GET {
+        for item in value["items"].as_array_mut().into_iter().flatten() {
+            mark(item);
+        }
+    } else if !name.is_empty() && !namespace.is_empty() {
+        mark(&mut value);
+    }
+    if let Some(key) = finished {
+        deleting.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&key);
+        let path = raw_object_path(&value, &key);
+        let request = http::Request::delete(path)
+            .body(kube::client::Body::empty())
+            .map_err(|e| kube::Error::Service(Box::new(e)))?;
+        raw.send(request).await?;
+    }
+    Ok(http::Response::from_parts(parts, kube::client::Body::from(value.to_string().into_bytes())))
+}
+
+/// The path of a namespaced object from its apiVersion.
+fn raw_object_path(object: &serde_json::Value, (resource, namespace, name): &DeletingKey) -> String {
+    let api_version = object["apiVersion"].as_str().unwrap_or("v1");
+    let prefix = if api_version.contains('/') { format!("/apis/{api_version}") } else { format!("/api/{api_version}") };
+    format!("{prefix}/namespaces/{namespace}/{resource}/{name}")
 }
 
 fn timeout() -> kube::Error {

@@ -548,24 +548,18 @@ impl World {
 
     // ---- user actions and faults ----
 
-    /// `kubectl apply` of one object (create, or replace the spec keeping status).
-    pub async fn apply_object(&self, mut object: serde_json::Value) -> Result<(), String> {
+    /// `kubectl apply` of one object (server-side apply, field manager `kubectl`).
+    pub async fn apply_object(&self, object: serde_json::Value) -> Result<(), String> {
         let client = self.api.client(Component::User);
-        let (api_version, kind) = (
-            object["apiVersion"].as_str().unwrap_or_default().to_string(),
-            object["kind"].as_str().unwrap_or_default().to_string(),
-        );
+        let api_version = object["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = object["kind"].as_str().unwrap_or_default().to_string();
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
-        let namespace = object["metadata"]["namespace"].as_str().map(str::to_string);
         let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
-        let gvk = kube::api::GroupVersionKind::gvk(group, version, &kind);
-        let (resource, _) =
-            kube::discovery::pinned_kind(&client, &gvk).await.map_err(|e| format!("discovering {kind}: {e}"))?;
-        let api: Api<kube::api::DynamicObject> = match &namespace {
-            Some(ns) => Api::namespaced_with(client, ns, &resource),
+        let resource = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(group, version, &kind));
+        let api: Api<kube::api::DynamicObject> = match object["metadata"]["namespace"].as_str() {
+            Some(namespace) => Api::namespaced_with(client, namespace, &resource),
             None => Api::all_with(client, &resource),
         };
-        object["metadata"]["managedFields"] = serde_json::Value::Null;
         let params = PatchParams::apply("kubectl").force();
         api.patch(&name, &params, &Patch::Apply(&object)).await.map_err(|e| format!("applying {kind} {name}: {e}"))?;
         Ok(())
@@ -601,36 +595,21 @@ impl World {
     }
 
     /// `kubectl delete` of a namespaced custom resource. An object with finalizers gets a
-    /// deletionTimestamp and stays until they are removed (kube-fake-client deletes at once, so the
-    /// harness stores it again marked for deletion, keeping its status).
+    /// deletionTimestamp and stays until they are removed.
     pub async fn delete_object<K>(&self, namespace: &str, name: &str) -> Result<(), String>
     where
         K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
             + Clone
-            + serde::Serialize
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::namespaced(self.api.client(Component::User), namespace);
         let object = api.get(name).await.map_err(|e| format!("reading {name}: {e}"))?;
-        api.delete(name, &DeleteParams::default()).await.map_err(|e| format!("deleting {name}: {e}"))?;
         if object.meta().finalizers.as_ref().is_none_or(Vec::is_empty) {
+            api.delete(name, &DeleteParams::default()).await.map_err(|e| format!("deleting {name}: {e}"))?;
             return Ok(());
         }
-        let mut value = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-        let status = value.get("status").cloned();
-        value["metadata"]["deletionTimestamp"] = serde_json::json!(self.clock.now().to_string());
-        value["metadata"]["resourceVersion"] = serde_json::Value::Null;
-        value["metadata"]["managedFields"] = serde_json::Value::Null;
-        let marked: K = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
-        api.create(&PostParams::default(), &marked).await.map_err(|e| format!("re-storing {name}: {e}"))?;
-        if let Some(status) = status {
-            let body =
-                serde_json::json!({ "apiVersion": value["apiVersion"], "kind": value["kind"], "status": status });
-            api.patch_status(name, &PatchParams::apply("kube-apiserver").force(), &Patch::Apply(body))
-                .await
-                .map_err(|e| format!("restoring the status of {name}: {e}"))?;
-        }
+        self.api.mark_deleting(&K::plural(&()), namespace, name, self.clock.now().to_string());
         Ok(())
     }
 
