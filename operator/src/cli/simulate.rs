@@ -108,6 +108,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let mut workers = BTreeMap::new();
     let mut ready = BTreeMap::new();
     let mut failures = BTreeSet::new();
+    let mut leaders: BTreeMap<String, String> = BTreeMap::new();
     let mut converged_at = None;
     for round in 1..=args.rounds {
         for injection in args.inject.iter().filter(|i| i.round == round) {
@@ -151,6 +152,12 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
             }
         }
         workers = now_workers;
+        for (what, leader) in leaders_now(&world).await {
+            if let Some(before) = leaders.get(&what).filter(|before| **before != leader) {
+                println!("round {round}  {what}  {before} → {leader}");
+            }
+            leaders.insert(what, leader);
+        }
         for (kind, name, is_ready, reason) in readiness(&world).await {
             if ready.get(&(kind.clone(), name.clone())) != Some(&is_ready) {
                 let status = if is_ready { "True" } else { "False" };
@@ -210,6 +217,28 @@ async fn inject(world: &mut World, fault: &Fault) -> anyhow::Result<Vec<String>>
             world.drift(node).map_err(anyhow::Error::msg)?.into_iter().map(|d| format!("{node}: {d}")).collect()
         }
     })
+}
+
+/// The AG primaries and the active masters, to show failovers as they are noticed.
+async fn leaders_now(world: &World) -> Vec<(String, String)> {
+    let mut leaders = Vec::new();
+    for group in world.list::<SsisdbAvailabilityGroup>().await {
+        if let Some(primary) = group.status.as_ref().and_then(|s| s.primary_replica.clone()) {
+            leaders.push((
+                format!("SsisdbAvailabilityGroup {} primary", crate::plan::object_key(&group.metadata)),
+                primary,
+            ));
+        }
+    }
+    for group in world.list::<ScaleOutMasterGroup>().await {
+        if let Some(active) = group.status.as_ref().and_then(|s| s.active_node.clone()) {
+            leaders.push((
+                format!("ScaleOutMasterGroup {} active master", crate::plan::object_key(&group.metadata)),
+                active,
+            ));
+        }
+    }
+    leaders
 }
 
 /// (kind, namespace/name, Ready, reason) of every custom resource.
