@@ -462,7 +462,9 @@ kube get hostconfigs.ssis.sqlops.io "${node_names[@]}" \
   true
 echo
 echo "== simulated SQL world: catalog.worker_agents ($sim_state)"
-if command -v jq >/dev/null 2>&1; then
+if [[ ! -f "$sim_state" ]]; then
+  echo "(not saved yet: the operator has not seen an SsisdbAvailabilityGroup)"
+elif command -v jq >/dev/null 2>&1; then
   jq '.worlds | map_values(.ssisdb.worker_agents)' "$sim_state" || true
 else
   cat "$sim_state"
