@@ -21,7 +21,11 @@ pub mod item_name {
     pub const MASTER_SETTINGS: &str = "masterSettings";
     pub const WORKER_SETTINGS: &str = "workerSettings";
     pub const LEGACY_SERVICE_CONFIG: &str = "legacyServiceConfig";
-    pub const CLUSTER_ROLE: &str = "clusterRole";
+
+    /// The agent names the cluster role item after the role (agent `item_names::cluster_role`).
+    pub fn cluster_role(name: &str) -> String {
+        format!("clusterRole/{name}")
+    }
 
     pub fn certificate(name: &str) -> String {
         format!("certificate/{name}")

@@ -200,7 +200,7 @@ pub(crate) fn plan_master_group(
         items.cluster_role = Some(ClusterRole {
             name: network_name.clone(),
             service: ServiceRole::ScaleOutMaster,
-            create: spec.cluster_role.manage && position == 0,
+            create: spec.cluster_role.manage && position == 0 && possible_owners.len() == nodes.len(),
             static_addresses: spec.cluster_role.static_addresses.clone(),
             ignore_networks: spec.cluster_role.ignore_networks.clone(),
             possible_owners: possible_owners.clone(),
@@ -469,11 +469,11 @@ pub(crate) fn pending_items(pass: &Pass, node: &str, items: &HostConfigSpec) -> 
         }
     }
     if let Some(role) = &items.cluster_role
-        && !inventory.applied(node, item_name::CLUSTER_ROLE, |s| {
+        && !inventory.applied(node, &item_name::cluster_role(&role.name), |s| {
             s.cluster_role.as_ref().is_some_and(|r| r.name == role.name && r.create == role.create)
         })
     {
-        pending.push(item_name::CLUSTER_ROLE.into());
+        pending.push(item_name::cluster_role(&role.name));
     }
     pending
 }
