@@ -15,7 +15,7 @@ use super::certificates::{
     start_rotation, wanted_certificate,
 };
 use super::conditions::Findings;
-use super::inventory::{Owner, item_name, selector_matches};
+use super::inventory::{AGENT_STALE_AFTER, Owner, item_name, selector_matches};
 use super::master::{MasterGroupPlan, pending_items};
 use super::merge::Contribution;
 use super::{ObjectKey, Pass, PlanInput, SecretCopy, SqlStage, namespace_of, object_key};
@@ -487,7 +487,8 @@ fn plan_enrolled_node(
     };
     status.registered = true;
     status.enabled = row.is_enabled;
-    status.last_online_time = row.last_online_time.clone();
+    status.last_online_time =
+        reported_online_time(previous.and_then(|p| p.last_online_time.as_deref()), row.last_online_time.as_deref());
 
     // Reference §8 steps 7-8 and pitfall 14: enable (or disable) only after registration.
     let actions = worker_agent_actions(context, node, primary, &agent_id, row);
@@ -504,6 +505,17 @@ fn plan_enrolled_node(
         }
     }
     status
+}
+
+/// `LastOnlineTime` moves with every worker heartbeat (about once a minute); status keeps the
+/// reported value until it is [`AGENT_STALE_AFTER`] old, so a converged pool is not rewritten on
+/// every resync.
+fn reported_online_time(previous: Option<&str>, observed: Option<&str>) -> Option<String> {
+    let parse = |t: &str| t.parse::<jiff::Timestamp>().ok();
+    match (previous.and_then(parse), observed.and_then(parse)) {
+        (Some(p), Some(o)) if o >= p && o.duration_since(p) < AGENT_STALE_AFTER => previous.map(str::to_string),
+        _ => observed.map(str::to_string),
+    }
 }
 
 /// `catalog.set_worker_agent_property` and `catalog.enable_worker_agent` / `disable_worker_agent`
