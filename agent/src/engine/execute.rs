@@ -115,6 +115,24 @@ pub fn execute(
     report: &mut ApplyReport,
 ) -> Outcomes {
     let mut outcomes = Outcomes::default();
+    // Record the restarts this pass's changes will need before making them: an agent killed after
+    // a change but before the restart would otherwise leave the service on its old configuration.
+    let changing: BTreeSet<&str> = plan.steps.iter().map(|step| step.item.as_str()).collect();
+    let mut on_disk = applied.clone();
+    let intended: BTreeSet<String> = spec
+        .services
+        .iter()
+        .filter(|s| s.restart_on_change_of.iter().any(|item| changing.contains(item.as_str())))
+        .map(|s| s.role.service_name(spec.sql_version))
+        .collect();
+    if !intended.is_subset(&applied.pending_restarts) {
+        let mut pending = applied.clone();
+        pending.pending_restarts.extend(intended);
+        if applied_state::save(host, &pending).is_ok() {
+            report.record(ActionKind::AgentStateWrite);
+            on_disk = pending;
+        }
+    }
     for step in &plan.steps {
         if outcomes.failed.contains_key(&step.item) || outcomes.skipped.contains_key(&step.item) {
             continue;
@@ -173,10 +191,9 @@ pub fn execute(
             _ => None,
         })
         .collect();
-    let mut on_disk = applied.clone();
     if !restarts.is_empty() {
         // Record the decision first, so a crash between stop and start cannot lose it.
-        let mut pending = applied.clone();
+        let mut pending = on_disk.clone();
         pending.pending_restarts.extend(restarts.iter().cloned());
         if pending != on_disk && applied_state::save(host, &pending).is_ok() {
             report.record(ActionKind::AgentStateWrite);
