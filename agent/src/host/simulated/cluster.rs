@@ -137,10 +137,21 @@ pub fn enforce(world: &Path) -> Result<(), HostError> {
     if roles.is_empty() {
         return Ok(());
     }
-    let hosts = host_roots(world);
+    // Other clusters' nodes in the same world may run a service of the same name: a role only
+    // manages its possible owners.
+    let hosts: Vec<(PathBuf, String)> = host_roots(world)
+        .into_iter()
+        .map(|root| {
+            let computer_name = HostPaths { root: root.clone() }.read()?.computer_name;
+            Ok((root, computer_name))
+        })
+        .collect::<Result<_, HostError>>()?;
     for mut role in roles {
         let mut owner_state = "Offline".to_string();
-        for root in &hosts {
+        let members = hosts.iter().filter(|(_, computer_name)| {
+            role.possible_owners.iter().any(|owner| owner.eq_ignore_ascii_case(computer_name))
+        });
+        for (root, _) in members {
             let paths = HostPaths { root: root.clone() };
             let fs_root = paths.fs_root();
             let service_name = role.service_name.clone();
