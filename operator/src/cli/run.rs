@@ -1,13 +1,16 @@
 //! `ssis-operator run`: the controllers, with leader election, metrics and health endpoints.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use kube::runtime::events::{Recorder, Reporter};
+use ssis_agent::host::simulated::network;
 
+use crate::catalog::simulated::IngestReport;
 use crate::catalog::{Catalog, SimulatedCatalog, TiberiusCatalog, install_crypto_provider};
 use crate::controller::runner::{self, RunnerConfig};
 use crate::controller::{
@@ -54,12 +57,63 @@ pub struct RunArgs {
     /// SQL implementation. `simulated` is a development/demo mode that never contacts SQL Server.
     #[arg(long, value_enum, default_value = "tiberius")]
     pub catalog: CatalogKind,
-    /// With `--catalog simulated`: file the simulated SQL world is loaded from and saved to.
+    /// DEVELOPMENT/DEMO ONLY, with `--catalog simulated`: file the simulated SQL world is loaded
+    /// from and saved to, so a restarted operator sees the same SQL world.
     #[arg(long)]
     pub sim_state: Option<PathBuf>,
+    /// DEVELOPMENT/DEMO ONLY, with `--catalog simulated`: world directory of the simulated Windows
+    /// hosts (`ssis-agent run --host simulated --world`). Master and worker heartbeats are read
+    /// from it into the simulated SQL world before every reconcile pass and every 2 s.
+    #[arg(long)]
+    pub sim_world: Option<PathBuf>,
     /// Full reconcile at least this often (repairs drift seen through SQL), e.g. `300s`, `5m`.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub resync: Duration,
+}
+
+impl RunArgs {
+    /// Flag rules that need no cluster to judge, checked before connecting to it.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.catalog != CatalogKind::Simulated {
+            anyhow::ensure!(self.sim_state.is_none(), "--sim-state is only used with --catalog simulated");
+            anyhow::ensure!(self.sim_world.is_none(), "--sim-world is only used with --catalog simulated");
+        }
+        if let Some(world) = &self.sim_world {
+            anyhow::ensure!(
+                world.is_dir(),
+                "--sim-world {} is not a directory; create it and provision the simulated nodes with \
+                 `ssis-agent provision-sim --root {}/hosts/<node>`",
+                world.display(),
+                world.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// How often dev mode reads the simulated network between reconcile passes.
+const SIMULATED_TRAFFIC_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Dev mode's hand-off between processes: what the simulated network of the hosts in `world`
+/// carries (master and worker heartbeats, reference §5.4) is delivered to the simulated SQL world,
+/// where an unknown worker is registered disabled. Returns SQL's verdict per availability group.
+pub fn deliver_simulated_traffic(
+    catalog: &SimulatedCatalog,
+    world: &Path,
+    now: jiff::Timestamp,
+) -> anyhow::Result<BTreeMap<String, IngestReport>> {
+    let traffic =
+        network::observe(world).with_context(|| format!("reading the simulated world {}", world.display()))?;
+    for failure in &traffic.failures {
+        tracing::debug!(node = %failure.node, message = %failure.message, "simulated Scale Out connection failed");
+    }
+    Ok(catalog.ingest(&traffic, now))
+}
+
+fn deliver_or_warn(catalog: &SimulatedCatalog, world: &Path) {
+    if let Err(error) = deliver_simulated_traffic(catalog, world, jiff::Timestamp::now()) {
+        tracing::warn!(error = %format!("{error:#}"), "simulated heartbeats not delivered");
+    }
 }
 
 /// `300s`, `5m`, `1h` or plain seconds.
@@ -84,6 +138,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 /// Start the operator; returns when SIGTERM or Ctrl-C arrives.
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
+    args.validate()?;
     init_tracing();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run_async(args))
@@ -100,23 +155,42 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     check_crds(&client).await?;
     let issuer: Arc<dyn CertificateIssuer> = Arc::new(CertsIssuer);
     match args.catalog {
-        CatalogKind::Tiberius => {
-            anyhow::ensure!(args.sim_state.is_none(), "--sim-state is only used with --catalog simulated");
-            start(client, TiberiusCatalog::default(), None, issuer, &args).await
-        }
+        CatalogKind::Tiberius => start(client, TiberiusCatalog::default(), None, issuer, &args).await,
         CatalogKind::Simulated => {
             tracing::warn!("--catalog simulated: DEVELOPMENT/DEMO MODE, SQL Server is never contacted");
             let catalog = match &args.sim_state {
                 Some(path) => SimulatedCatalog::open(path).with_context(|| format!("opening {}", path.display()))?,
-                None => SimulatedCatalog::new(),
+                None => {
+                    tracing::warn!("no --sim-state: the simulated SQL world is lost when the operator stops");
+                    SimulatedCatalog::new()
+                }
             };
             // Each new availability group finds a fresh simulated SQL world on first observation.
             let worlds = catalog.clone();
+            let hosts = args.sim_world.clone();
             let prepare: PrepareTarget = Box::new(move |target, password| {
                 if worlds.ensure_world(target, password.clone()) {
                     tracing::info!(group = %target.key, "simulated SQL world created");
                 }
+                // Heartbeats first, so this pass observes the registrations the hosts produced.
+                // A few small file reads: acceptable on the async thread in dev mode.
+                if let Some(world) = &hosts {
+                    deliver_or_warn(&worlds, world);
+                }
             });
+            if let Some(world) = args.sim_world.clone() {
+                tracing::warn!(world = %world.display(), "--sim-world: DEVELOPMENT/DEMO MODE, heartbeats come from simulated hosts");
+                let catalog = catalog.clone();
+                // Between passes too, so LAST_ONLINE_TIME moves and new registrations are waiting.
+                tokio::spawn(async move {
+                    let mut ticks = tokio::time::interval(SIMULATED_TRAFFIC_INTERVAL);
+                    loop {
+                        ticks.tick().await;
+                        let (catalog, world) = (catalog.clone(), world.clone());
+                        let _ = tokio::task::spawn_blocking(move || deliver_or_warn(&catalog, &world)).await;
+                    }
+                });
+            }
             start(client, catalog, Some(prepare), issuer, &args).await
         }
     }
