@@ -20,6 +20,7 @@ use ssis_operator::catalog::simulated::SqlWorld;
 use ssis_operator::catalog::{
     Catalog, CatalogTarget, ReplicaEndpoint, SecretString, SecretValue, SimulatedCatalog, SqlAction,
 };
+use ssis_operator::cli::run::deliver_simulated_traffic;
 use ssis_operator::controller::{Clock, SystemClock};
 
 const GROUP_KEY: &str = "ssis/ssisdb";
@@ -279,13 +280,13 @@ fn worker_changed_by_agent_processes_registers_disabled_in_the_operators_persist
     assert_ready("win-worker-1", &worker_status);
     let agent_id = worker_status.worker_settings.as_ref().and_then(|w| w.values.get("AgentId")).cloned().unwrap();
 
-    // Operator side again, a new load of the file: the hand-off reads the shared world and
-    // delivers the heartbeats to SQL.
-    let catalog = SimulatedCatalog::open(&state_file).unwrap();
+    // Operator side again, a new load of the file: the hand-off `ssis-operator run --sim-world`
+    // runs before each pass reads the shared world and delivers the heartbeats to SQL.
     let traffic = network::observe(&world).unwrap();
     assert_eq!(traffic.failures, vec![], "every connection in the world should succeed");
     assert_eq!(traffic.masters.iter().map(|m| m.machine_name.as_str()).collect::<Vec<_>>(), [PRIMARY]);
-    let reports = catalog.ingest(&traffic, SystemClock.now());
+    let catalog = SimulatedCatalog::open(&state_file).unwrap();
+    let reports = deliver_simulated_traffic(&catalog, &world, SystemClock.now()).unwrap();
     let report = &reports[GROUP_KEY];
     assert_eq!(report.accepted_masters, [PRIMARY], "{report:#?}");
     assert_eq!(report.accepted_workers.len(), 1, "{report:#?}");
