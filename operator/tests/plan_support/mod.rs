@@ -226,8 +226,8 @@ pub fn item_names(spec: &HostConfigSpec) -> Vec<(ItemKind, String)> {
     for b in &spec.http_ssl_bindings {
         names.push((ItemKind::HttpSslBinding, item_name::http_ssl_binding(&b.ip_port)));
     }
-    if spec.cluster_role.is_some() {
-        names.push((ItemKind::ClusterRole, item_name::CLUSTER_ROLE.into()));
+    if let Some(role) = &spec.cluster_role {
+        names.push((ItemKind::ClusterRole, item_name::cluster_role(&role.name)));
     }
     names
 }
