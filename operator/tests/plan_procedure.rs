@@ -592,6 +592,7 @@ fn rotation_never_trusts_unserved_master_cert() {
         vec![
             RotationPhase::Idle,
             RotationPhase::TrustingNew,
+            RotationPhase::DisablingWorkers,
             RotationPhase::SwitchingMasters,
             RotationPhase::SwitchingWorkers,
             RotationPhase::RemovingOld,
@@ -607,6 +608,122 @@ fn rotation_never_trusts_unserved_master_cert() {
             "old certificate item left on {node} after rotation"
         );
     }
+}
+
+/// Executes the enable/disable actions of a pass against the observed `catalog.worker_agents`.
+fn execute_enable_actions(world: &mut World, output: &ssis_operator::plan::PlanOutput) {
+    let ssisdb = world.input.catalogs.get_mut(AG_KEY).and_then(|o| o.ssisdb.as_mut()).expect("ssisdb observed");
+    for action in actions(output) {
+        let (id, enabled) = match action {
+            SqlAction::EnableWorkerAgent { worker_agent_id, .. } => (worker_agent_id, true),
+            SqlAction::DisableWorkerAgent { worker_agent_id, .. } => (worker_agent_id, false),
+            _ => continue,
+        };
+        for row in ssisdb.worker_agents.iter_mut().filter(|r| r.worker_agent_id == id) {
+            row.is_enabled = enabled;
+        }
+    }
+}
+
+fn wk1_enabled(world: &World) -> bool {
+    world.input.catalogs[AG_KEY].ssisdb.as_ref().expect("ssisdb").worker_agents.iter().any(|r| r.is_enabled)
+}
+
+/// Reference §7 "Master cert change", pitfall 14: an enabled worker is never pinned to a
+/// certificate its masters do not serve, because the group's workers are disabled before the
+/// masters switch and enabled again only once they pin the new certificate.
+#[test]
+fn master_rotation_disables_workers_before_switching_and_enables_them_after() {
+    let mut world = World::new(input());
+    let mut observation = converged_observation();
+    observation.ssisdb.as_mut().expect("ssisdb").worker_agents = vec![registered_row("wk-1", true)];
+    world.input.catalogs.insert(AG_KEY.into(), observation);
+    world.converge(6);
+    assert!(wk1_enabled(&world));
+    let old = world.input.master_groups[0].status.as_ref().and_then(|s| s.certificate.clone()).expect("served");
+    world.input.now = now().checked_add(jiff::SignedDuration::from_hours(24 * 340)).expect("in range");
+    let mut phases = Vec::new();
+    let mut disable_seen_while_serving_old = false;
+    let mut sql_refused = 0;
+    let mut paused_message_seen = false;
+    let mut paused_event_seen = false;
+    let mut reenabled_in = None;
+    for _ in 0..16 {
+        let enabled_before = wk1_enabled(&world);
+        let output = world.pass();
+        let served = output.host_configs["sql-1"].master_settings.clone().expect("settings").ssl_cert_thumbprint;
+        let pinned =
+            output.host_configs["wk-1"].worker_settings.clone().expect("settings").master_https_cert_thumbprint;
+        let phase = output.master_group_statuses[GROUP_KEY].rotation.as_ref().map(|r| r.phase).unwrap_or_default();
+        let sql = actions(&output);
+        let disables = sql.iter().any(|a| matches!(a, SqlAction::DisableWorkerAgent { worker_agent_id, .. } if *worker_agent_id == agent_id("wk-1")));
+        let enables = sql.iter().any(|a| matches!(a, SqlAction::EnableWorkerAgent { .. }));
+        if served != old.thumbprint {
+            assert!(!enabled_before, "masters switched to {served} while wk-1 was observed enabled ({phase:?})");
+        }
+        if disables {
+            assert_eq!(
+                served, old.thumbprint,
+                "the disable is emitted while the masters still serve the old certificate"
+            );
+            disable_seen_while_serving_old = true;
+        }
+        if matches!(
+            phase,
+            RotationPhase::DisablingWorkers | RotationPhase::SwitchingMasters | RotationPhase::SwitchingWorkers
+        ) {
+            assert!(!enables, "{phase:?}: a worker must not be enabled while masters and workers switch");
+            let node = &output.worker_statuses["ssis/wk-1"].nodes[0];
+            if !wk1_enabled(&world) {
+                paused_message_seen |=
+                    node.message.as_deref().is_some_and(|m| m.contains("disabled during master certificate rotation"));
+            }
+        }
+        paused_event_seen |= output.events.iter().any(|e| e.reason == "WorkersPaused");
+        if enables {
+            assert_eq!(pinned, served, "enabled again only once wk-1 pins the served certificate");
+            reenabled_in.get_or_insert(phase);
+        }
+        // The first two disables fail in SQL: the masters must keep serving the old certificate.
+        if phase == RotationPhase::DisablingWorkers && sql_refused < 2 {
+            sql_refused += 1;
+            assert!(disables, "the disable is emitted again until it is observed");
+        } else {
+            execute_enable_actions(&mut world, &output);
+        }
+        if enabled_before == wk1_enabled(&world) && wk1_enabled(&world) && served != old.thumbprint {
+            assert_eq!(pinned, served, "an enabled worker pins what its masters serve");
+        }
+        if phases.last() != Some(&phase) {
+            phases.push(phase);
+        }
+        if phase == RotationPhase::Idle && phases.len() > 1 {
+            break;
+        }
+    }
+    assert_eq!(sql_refused, 2);
+    assert!(disable_seen_while_serving_old, "wk-1 was disabled before the switch");
+    assert!(paused_message_seen, "the worker status says why it is disabled");
+    assert!(paused_event_seen, "an event tells users the workers are paused");
+    // Enabling resumes through the usual path once the workers pin the new certificate (the pass
+    // that removes the old certificate changes wk-1's HostConfig, so it may wait for that first).
+    assert!(
+        matches!(reenabled_in, Some(RotationPhase::RemovingOld | RotationPhase::Idle)),
+        "enabling resumes once workers pin the new certificate, not in {reenabled_in:?}"
+    );
+    assert!(wk1_enabled(&world), "wk-1 (spec.enabled) is enabled again");
+    assert_eq!(
+        phases,
+        vec![
+            RotationPhase::Idle,
+            RotationPhase::TrustingNew,
+            RotationPhase::DisablingWorkers,
+            RotationPhase::SwitchingMasters,
+            RotationPhase::SwitchingWorkers,
+            RotationPhase::RemovingOld,
+            RotationPhase::Idle
+        ]
+    );
 }
 
 #[test]

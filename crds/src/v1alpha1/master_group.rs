@@ -258,9 +258,18 @@ pub enum RotationPhase {
     /// The new certificate is being installed everywhere it must be trusted (every master node with
     /// its key, every worker's Root) while the old one stays in use.
     TrustingNew,
-    /// Masters switch to the new certificate (binding, `SSLCertThumbprint`, restart).
+    /// Master certificate rotation only: the group's workers are disabled in SSISDB
+    /// (`catalog.disable_worker_agent`) while the masters still serve the old certificate. A worker
+    /// pins exactly one master thumbprint, so it is taken out of service before the masters switch
+    /// and stays disabled until it pins the new certificate (reference §7 "Master cert change",
+    /// pitfall 14).
+    DisablingWorkers,
+    /// Masters switch to the new certificate (binding, `SSLCertThumbprint`, restart); in a master
+    /// rotation only once no worker of the group is observed enabled.
     SwitchingMasters,
-    /// Workers switch `MasterHttpsCertThumbprint` to the new certificate and restart.
+    /// Workers switch `MasterHttpsCertThumbprint` to the new certificate and restart; in a master
+    /// rotation they stay disabled and are enabled again once every worker pins the new
+    /// certificate.
     SwitchingWorkers,
     /// The old certificate is removed from every store.
     RemovingOld,

@@ -223,7 +223,9 @@ pub fn master_layout(
     };
     let both = vec![current.clone(), next.clone()];
     match phase {
-        RotationPhase::Idle | RotationPhase::TrustingNew => MasterCertificateLayout {
+        // Reference §7 "Master cert change": the masters keep serving the old certificate while
+        // the group's workers are disabled, so the switch comes strictly after the disable.
+        RotationPhase::Idle | RotationPhase::TrustingNew | RotationPhase::DisablingWorkers => MasterCertificateLayout {
             trusted: both,
             removed: vec![],
             served: current.clone(),
@@ -254,18 +256,29 @@ pub fn master_layout(
 pub fn next_master_phase(phase: RotationPhase) -> RotationPhase {
     match phase {
         RotationPhase::Idle => RotationPhase::TrustingNew,
-        RotationPhase::TrustingNew => RotationPhase::SwitchingMasters,
+        RotationPhase::TrustingNew => RotationPhase::DisablingWorkers,
+        RotationPhase::DisablingWorkers => RotationPhase::SwitchingMasters,
         RotationPhase::SwitchingMasters => RotationPhase::SwitchingWorkers,
         RotationPhase::SwitchingWorkers => RotationPhase::RemovingOld,
         RotationPhase::RemovingOld => RotationPhase::Idle,
     }
 }
 
+/// Phases of a master rotation in which the group's workers are kept disabled in SSISDB: from the
+/// disable before the masters switch until every worker pins the new certificate. A worker pins a
+/// single master thumbprint, so only a disabled worker can be pinned to a certificate its master
+/// does not serve (reference §7 "Master cert change", pitfalls 14 and 15).
+pub fn master_rotation_pauses_workers(phase: RotationPhase) -> bool {
+    matches!(phase, RotationPhase::DisablingWorkers | RotationPhase::SwitchingMasters | RotationPhase::SwitchingWorkers)
+}
+
 /// The phase after `phase` in a worker certificate rotation (no master switch involved).
 pub fn next_worker_phase(phase: RotationPhase) -> RotationPhase {
     match phase {
         RotationPhase::Idle => RotationPhase::TrustingNew,
-        RotationPhase::TrustingNew | RotationPhase::SwitchingMasters => RotationPhase::SwitchingWorkers,
+        RotationPhase::TrustingNew | RotationPhase::DisablingWorkers | RotationPhase::SwitchingMasters => {
+            RotationPhase::SwitchingWorkers
+        }
         RotationPhase::SwitchingWorkers => RotationPhase::RemovingOld,
         RotationPhase::RemovingOld => RotationPhase::Idle,
     }

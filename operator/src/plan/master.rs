@@ -13,8 +13,8 @@ use ssis_crds::{
 
 use super::availability_group::{check_secret_key, listener_server_name};
 use super::certificates::{
-    HostMaterial, MasterCertificateLayout, absent, cert_item, master_layout, next_master_phase, request_unless_issued,
-    rotation_target, start_rotation, wanted_certificate,
+    HostMaterial, MasterCertificateLayout, absent, cert_item, master_layout, master_rotation_pauses_workers,
+    next_master_phase, request_unless_issued, rotation_target, start_rotation, wanted_certificate,
 };
 use super::conditions::Findings;
 use super::inventory::{Owner, item_name};
@@ -38,6 +38,9 @@ pub struct MasterGroupPlan {
     pub nodes: Vec<String>,
     /// Master certificate layout of this pass; `None` until the first certificate is issued.
     pub certificate: Option<MasterCertificateLayout>,
+    /// A master certificate rotation keeps the group's workers disabled in SSISDB this pass
+    /// (reference §7 "Master cert change"): the workers must not enable them.
+    pub pauses_workers: bool,
 }
 
 /// The master service account's password, copied into the operator namespace for the agents.
@@ -139,8 +142,19 @@ pub(crate) fn plan_master_group(
         })
         .cloned()
         .collect();
-    let certificate = plan_master_certificate(pass, group, &key, &nodes, &workers_of_group, &previous, &mut findings);
+    let ag_key = availability_group.map(|ag| object_key(&ag.metadata));
+    let certificate = plan_master_certificate(
+        pass,
+        group,
+        &key,
+        &nodes,
+        &workers_of_group,
+        ag_key.as_deref(),
+        &previous,
+        &mut findings,
+    );
     let (layout, certificate_status, rotation) = certificate;
+    let pauses_workers = rotation.as_ref().is_some_and(|r| master_rotation_pauses_workers(r.phase));
 
     // Per-node items.
     let possible_owners: Vec<String> = {
@@ -361,6 +375,7 @@ pub(crate) fn plan_master_group(
         availability_group: availability_group.map(|ag| object_key(&ag.metadata)),
         nodes,
         certificate: layout,
+        pauses_workers,
     }
 }
 
@@ -481,15 +496,19 @@ pub(crate) fn pending_items(pass: &Pass, node: &str, items: &HostConfigSpec) -> 
 type CertificateOutcome =
     (Option<MasterCertificateLayout>, Option<CertificateStatus>, Option<ssis_crds::RotationStatus>);
 
-/// Reference §7 "Master cert change": issue, then TrustingNew → SwitchingMasters →
-/// SwitchingWorkers → RemovingOld → Idle, one phase per pass, each only after every involved
-/// HostConfig reports the previous phase applied.
+/// Reference §7 "Master cert change": issue, then TrustingNew → DisablingWorkers →
+/// SwitchingMasters → SwitchingWorkers → RemovingOld → Idle, one phase per pass, each only after
+/// every involved HostConfig (and, for DisablingWorkers, the SQL observation) reports the previous
+/// phase applied. A worker pins one master thumbprint, so the group's workers are disabled in
+/// SSISDB before the masters switch and enabled again only once they pin the new certificate.
+#[allow(clippy::too_many_arguments)]
 fn plan_master_certificate(
     pass: &mut Pass,
     group: &ScaleOutMasterGroup,
     key: &str,
     master_nodes: &[String],
     worker_nodes: &BTreeSet<String>,
+    ag_key: Option<&str>,
     previous: &ScaleOutMasterGroupStatus,
     findings: &mut Findings,
 ) -> CertificateOutcome {
@@ -513,12 +532,24 @@ fn plan_master_certificate(
         && let Some(target) = rotation_target(rotation)
     {
         let ip_port = format!("0.0.0.0:{}", spec.master_service.port);
-        let waiting =
+        let mut waiting =
             master_phase_waiting_on(pass, rotation.phase, current, &target, master_nodes, worker_nodes, &ip_port);
+        if rotation.phase == RotationPhase::DisablingWorkers {
+            waiting.extend(disable_group_workers(pass, ag_key, worker_nodes));
+        }
         if !waiting.is_empty() {
             findings.progress(
                 "RotatingCertificate",
-                format!("master certificate rotation {:?}: waiting for {}", rotation.phase, waiting.join(", ")),
+                format!(
+                    "master certificate rotation {:?}: waiting for {}{}",
+                    rotation.phase,
+                    waiting.join(", "),
+                    if master_rotation_pauses_workers(rotation.phase) {
+                        " (the group's workers stay disabled in SSISDB until they pin the new certificate)"
+                    } else {
+                        ""
+                    }
+                ),
             );
             let layout = master_layout(rotation.phase, current, Some(&target));
             return (Some(layout), current_status, Some(rotation.clone()));
@@ -542,6 +573,29 @@ fn plan_master_certificate(
             return (Some(master_layout(RotationPhase::Idle, &target, None)), Some(status), None);
         }
         findings.progress("RotatingCertificate", format!("master certificate rotation advanced to {next:?}"));
+        if next == RotationPhase::DisablingWorkers {
+            // Reference §7 "Master cert change": take the workers out of service in the same
+            // pass; the masters switch only once the observation shows none of them enabled.
+            let disabling = disable_group_workers(pass, ag_key, worker_nodes);
+            pass.event(
+                KIND,
+                key,
+                false,
+                "WorkersPaused",
+                format!(
+                    "disabling this group's workers in SSISDB until they pin the new master certificate ({} to disable)",
+                    disabling.len()
+                ),
+            );
+        } else if rotation.phase == RotationPhase::SwitchingWorkers {
+            pass.event(
+                KIND,
+                key,
+                false,
+                "WorkersResumed",
+                "every worker pins the new master certificate; workers with spec.enabled are enabled again".into(),
+            );
+        }
         let rotation = ssis_crds::RotationStatus { phase: next, ..rotation.clone() };
         return (Some(master_layout(next, current, Some(&target))), current_status, Some(rotation));
     }
@@ -614,6 +668,36 @@ fn plan_master_certificate(
     }
 }
 
+/// Reference §7 "Master cert change" and pitfall 14: `catalog.disable_worker_agent` for every
+/// worker of the group that is registered and enabled in `catalog.worker_agents`; returns what is
+/// still to be observed disabled (empty once the observation shows none of them enabled).
+fn disable_group_workers(pass: &mut Pass, ag_key: Option<&str>, worker_nodes: &BTreeSet<String>) -> Vec<String> {
+    let Some(ag_key) = ag_key else {
+        return vec!["the SsisdbAvailabilityGroup to disable the workers in".into()];
+    };
+    let Some(observation) = pass.input.catalogs.get(ag_key) else {
+        return vec![format!("the SQL observation of {ag_key} to disable the workers")];
+    };
+    let (Some(primary), Some(ssisdb)) = (observation.primary.clone(), observation.ssisdb.as_ref()) else {
+        return vec![format!("a readable primary of {ag_key} to disable the workers")];
+    };
+    let mut waiting = Vec::new();
+    let mut actions = Vec::new();
+    for node in worker_nodes {
+        let Some(agent_id) = pass.inventory.worker_agent_id(node) else { continue };
+        let enabled =
+            ssisdb.worker_agents.iter().any(|r| r.worker_agent_id.eq_ignore_ascii_case(&agent_id) && r.is_enabled);
+        if enabled {
+            waiting.push(format!("worker {agent_id} on {node} to be disabled in SSISDB"));
+            actions.push(SqlAction::DisableWorkerAgent { replica: primary.clone(), worker_agent_id: agent_id });
+        }
+    }
+    for action in actions {
+        pass.sql(ag_key, SqlStage::WorkerEnable, action);
+    }
+    waiting
+}
+
 /// Nodes (with the item) that have not yet applied what `phase` requires.
 fn master_phase_waiting_on(
     pass: &Pass,
@@ -634,7 +718,8 @@ fn master_phase_waiting_on(
         })
     };
     match phase {
-        RotationPhase::Idle => {}
+        // DisablingWorkers waits on SQL, not on HostConfigs (see `disable_group_workers`).
+        RotationPhase::Idle | RotationPhase::DisablingWorkers => {}
         RotationPhase::TrustingNew => {
             for node in master_nodes {
                 if !inventory.certificate_applied(node, CertStore::Root, &new.thumbprint, Ensure::Present) {

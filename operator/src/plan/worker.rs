@@ -103,7 +103,10 @@ pub fn worker_layout(
         return WorkerCertificateLayout { present: vec![current.clone()], removed: vec![], presented: current.clone() };
     };
     match phase {
-        RotationPhase::Idle | RotationPhase::TrustingNew | RotationPhase::SwitchingMasters => WorkerCertificateLayout {
+        RotationPhase::Idle
+        | RotationPhase::TrustingNew
+        | RotationPhase::DisablingWorkers
+        | RotationPhase::SwitchingMasters => WorkerCertificateLayout {
             present: vec![current.clone(), next.clone()],
             removed: vec![],
             presented: current.clone(),
@@ -491,8 +494,23 @@ fn plan_enrolled_node(
         reported_online_time(previous.and_then(|p| p.last_online_time.as_deref()), row.last_online_time.as_deref());
 
     // Reference §8 steps 7-8 and pitfall 14: enable (or disable) only after registration.
-    let actions = worker_agent_actions(context, node, primary, &agent_id, row);
-    if actions.is_empty() {
+    let mut actions = worker_agent_actions(context, node, primary, &agent_id, row);
+    // Reference §7 "Master cert change": while the group's master certificate rotation switches
+    // masters and workers, the workers stay disabled (the master group disables them); enabling
+    // resumes once every worker pins the new certificate.
+    let paused = context.group.is_some_and(|g| g.pauses_workers);
+    if paused {
+        actions.retain(|(_, action)| !matches!(action, SqlAction::EnableWorkerAgent { .. }));
+    }
+    if paused && context.worker.spec.enabled {
+        for (stage, action) in &actions {
+            pass.sql(ag_key, *stage, action.clone());
+        }
+        let message = format!("node {node}: disabled during master certificate rotation");
+        findings.progress("PausedForMasterCertificateRotation", message.clone());
+        status.phase = WorkerPhase::Enabling;
+        status.message = Some(message);
+    } else if actions.is_empty() {
         status.phase = WorkerPhase::Ready;
         status.message = None;
     } else {
@@ -686,7 +704,7 @@ fn worker_phase_waiting_on(
     let mut waiting = Vec::new();
     match phase {
         RotationPhase::Idle => {}
-        RotationPhase::TrustingNew | RotationPhase::SwitchingMasters => {
+        RotationPhase::TrustingNew | RotationPhase::DisablingWorkers | RotationPhase::SwitchingMasters => {
             for master in master_nodes {
                 if !inventory.certificate_applied(master, CertStore::Root, &new.thumbprint, Ensure::Present) {
                     waiting.push(format!("master node {master} to trust the new worker certificate"));
