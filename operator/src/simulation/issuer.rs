@@ -2,6 +2,7 @@
 //! world issues the same certificates on every run, and counts what it issued.
 
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::SeedableRng;
@@ -13,16 +14,27 @@ use crate::plan::{CertificateRequest, IssuedCertificate};
 pub struct SeededIssuer {
     rng: Mutex<ChaCha20Rng>,
     issued: Mutex<Vec<String>>,
+    /// Wall time spent in `certs::issue` (RSA key generation dominates it), for the benchmark.
+    issuing: Mutex<Duration>,
 }
 
 impl SeededIssuer {
     pub fn new(seed: u64) -> Self {
-        Self { rng: Mutex::new(ChaCha20Rng::seed_from_u64(seed)), issued: Mutex::new(Vec::new()) }
+        Self {
+            rng: Mutex::new(ChaCha20Rng::seed_from_u64(seed)),
+            issued: Mutex::new(Vec::new()),
+            issuing: Mutex::new(Duration::ZERO),
+        }
     }
 
     /// Ids of every certificate issued so far, in order (a restart must not re-issue).
     pub fn issued(&self) -> Vec<String> {
         self.issued.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// Total wall time spent issuing so far.
+    pub fn issuing_time(&self) -> Duration {
+        *self.issuing.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -35,8 +47,10 @@ impl CertificateIssuer for SeededIssuer {
         now: jiff::Timestamp,
     ) -> Result<(IssuedCertificate, SecretData), String> {
         let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let issued =
-            crate::certs::issue(request, secret_name, tls_secret_data, now, &mut *rng).map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let issued = crate::certs::issue(request, secret_name, tls_secret_data, now, &mut *rng);
+        *self.issuing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += started.elapsed();
+        let issued = issued.map_err(|e| e.to_string())?;
         self.issued.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(request.id.clone());
         Ok(issued)
     }

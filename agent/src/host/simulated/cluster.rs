@@ -1,7 +1,7 @@
 //! The simulated failover cluster, shared by every host of a world:
 //! `<world>/cluster/roles/<name>.json` holds each Generic Service role (reference §11). The cluster
-//! keeps a role's service running on the owner node only; [`enforce`] applies that and is called
-//! whenever a host of the world is touched.
+//! keeps a role's service running on the owner node only; [`enforce`] applies that. A touched host
+//! applies the roles it may own, the network the whole cluster.
 
 use std::path::{Path, PathBuf};
 
@@ -123,60 +123,38 @@ pub fn move_role(world: &Path, name: &str, to: Option<&str>) -> Result<String, H
         role.state = "Pending".into();
         write_role(world, &role)?;
     }
-    enforce(world)?;
+    enforce_role(world, name)?;
     Ok(read_role(world, name)?.map(|r| r.owner_node).unwrap_or_default())
 }
 
 /// Keep every role's service running on its owner only, and record the role state.
 pub fn enforce(world: &Path) -> Result<(), HostError> {
+    enforce_where(world, |_| true)
+}
+
+/// [`enforce`] for the roles `computer_name` may own: touching a host can only disturb those, so
+/// a worker node's operations read no other host.
+pub fn enforce_for_host(world: &Path, computer_name: &str) -> Result<(), HostError> {
+    enforce_where(world, |role| role.possible_owners.iter().any(|owner| owner.eq_ignore_ascii_case(computer_name)))
+}
+
+/// [`enforce`] for one role.
+pub fn enforce_role(world: &Path, name: &str) -> Result<(), HostError> {
+    enforce_where(world, |role| role.name.eq_ignore_ascii_case(name))
+}
+
+fn enforce_where(world: &Path, selected: impl Fn(&RoleFile) -> bool) -> Result<(), HostError> {
     if !roles_dir(world).exists() {
         return Ok(());
     }
     let _lock = FileLock::acquire(&lock_path(world))?;
-    let roles = list_roles(world)?;
-    if roles.is_empty() {
-        return Ok(());
-    }
-    // Other clusters' nodes in the same world may run a service of the same name: a role only
-    // manages its possible owners.
-    let hosts: Vec<(PathBuf, String)> = host_roots(world)
-        .into_iter()
-        .map(|root| {
-            let computer_name = HostPaths { root: root.clone() }.read()?.computer_name;
-            Ok((root, computer_name))
-        })
-        .collect::<Result<_, HostError>>()?;
+    let roles: Vec<RoleFile> = list_roles(world)?.into_iter().filter(|role| selected(role)).collect();
+    // Built only when a possible owner is not at `<world>/hosts/<lowercase name>`.
+    let mut scanned: Option<Vec<(PathBuf, String)>> = None;
     for mut role in roles {
         let mut owner_state = "Offline".to_string();
-        let members = hosts.iter().filter(|(_, computer_name)| {
-            role.possible_owners.iter().any(|owner| owner.eq_ignore_ascii_case(computer_name))
-        });
-        for (root, _) in members {
-            let paths = HostPaths { root: root.clone() };
-            let fs_root = paths.fs_root();
-            let service_name = role.service_name.clone();
-            let owner = role.owner_node.clone();
-            let state = paths.update(|state| {
-                if !state.services.contains_key(&service_name) {
-                    return Ok(None);
-                }
-                let is_owner = state.computer_name.eq_ignore_ascii_case(&owner);
-                let running = state.services[&service_name].running;
-                if is_owner {
-                    if running {
-                        return Ok(Some("Online"));
-                    }
-                    return Ok(Some(match start_service_in(&fs_root, state, &service_name) {
-                        Ok(()) => "Online",
-                        Err(_) => "Failed",
-                    }));
-                }
-                if running {
-                    stop_service_in(state, &service_name)?;
-                }
-                Ok(None)
-            })?;
-            if let Some(found) = state {
+        for member in role_members(world, &role, &mut scanned)? {
+            if let Some(found) = enforce_on(&member, &role)? {
                 owner_state = found.to_string();
             }
         }
@@ -186,4 +164,65 @@ pub fn enforce(world: &Path) -> Result<(), HostError> {
         }
     }
     Ok(())
+}
+
+/// The roots of the hosts whose computer name is a possible owner. Other clusters' nodes in the
+/// same world may run a service of the same name: a role only manages its possible owners.
+fn role_members(
+    world: &Path,
+    role: &RoleFile,
+    scanned: &mut Option<Vec<(PathBuf, String)>>,
+) -> Result<Vec<PathBuf>, HostError> {
+    let mut members = Vec::new();
+    for owner in &role.possible_owners {
+        // Hosts are named after their node, the computer name in upper case: read that one host.
+        let candidate = HostPaths { root: world.join("hosts").join(owner.to_lowercase()) };
+        if candidate.state_file().exists() && candidate.read()?.computer_name.eq_ignore_ascii_case(owner) {
+            members.push(candidate.root);
+            continue;
+        }
+        if scanned.is_none() {
+            *scanned = Some(
+                host_roots(world)
+                    .into_iter()
+                    .map(|root| {
+                        let computer_name = HostPaths { root: root.clone() }.read()?.computer_name;
+                        Ok((root, computer_name))
+                    })
+                    .collect::<Result<_, HostError>>()?,
+            );
+        }
+        let hosts = scanned.as_deref().unwrap_or_default();
+        members.extend(hosts.iter().filter(|(_, name)| name.eq_ignore_ascii_case(owner)).map(|(root, _)| root.clone()));
+    }
+    members.sort();
+    members.dedup();
+    Ok(members)
+}
+
+/// Apply `role` on one member; `Some(state)` when the member is the owner and has the service.
+fn enforce_on(root: &Path, role: &RoleFile) -> Result<Option<&'static str>, HostError> {
+    let paths = HostPaths { root: root.to_path_buf() };
+    let fs_root = paths.fs_root();
+    let service_name = &role.service_name;
+    paths.update(|state| {
+        if !state.services.contains_key(service_name) {
+            return Ok(None);
+        }
+        let is_owner = state.computer_name.eq_ignore_ascii_case(&role.owner_node);
+        let running = state.services[service_name].running;
+        if is_owner {
+            if running {
+                return Ok(Some("Online"));
+            }
+            return Ok(Some(match start_service_in(&fs_root, state, service_name) {
+                Ok(()) => "Online",
+                Err(_) => "Failed",
+            }));
+        }
+        if running {
+            stop_service_in(state, service_name)?;
+        }
+        Ok(None)
+    })
 }

@@ -53,8 +53,8 @@ impl SimulatedHost {
         let root = root.into();
         let world = world.or_else(|| world_of(&root));
         let host = Self { paths: HostPaths { root }, world };
-        host.paths.read()?;
-        host.enforce_cluster()?;
+        let computer_name = host.paths.read()?.computer_name;
+        host.enforce_cluster(&computer_name)?;
         Ok(host)
     }
 
@@ -71,9 +71,10 @@ impl SimulatedHost {
         self.paths.read()
     }
 
-    fn enforce_cluster(&self) -> Result<(), HostError> {
+    /// Apply the cluster roles this host may own (the only ones its operations can disturb).
+    fn enforce_cluster(&self, computer_name: &str) -> Result<(), HostError> {
         match &self.world {
-            Some(world) => cluster::enforce(world),
+            Some(world) => cluster::enforce_for_host(world, computer_name),
             None => Ok(()),
         }
     }
@@ -399,13 +400,13 @@ impl Host for SimulatedHost {
 
     fn start_service(&mut self, name: &str) -> Result<(), HostError> {
         let fs_root = self.paths.fs_root();
-        let result = self.paths.update(|state| {
+        let (result, computer_name) = self.paths.update(|state| {
             // The failed start is recorded (start count, error) even though the call fails.
             let outcome = start_service_in(&fs_root, state, name);
-            Ok(outcome)
+            Ok((outcome, state.computer_name.clone()))
         })?;
         // The cluster stops a cluster-managed service started on a node that does not own it.
-        self.enforce_cluster()?;
+        self.enforce_cluster(&computer_name)?;
         result
     }
 
@@ -470,7 +471,7 @@ impl Host for SimulatedHost {
         let world = self.world.as_deref().ok_or_else(|| {
             HostError::Unsupported("this simulated node is not in a world with a failover cluster".into())
         })?;
-        cluster::enforce(world)?;
+        cluster::enforce_role(world, name)?;
         Ok(cluster::read_role(world, name)?.map(|role| ClusterRoleInfo {
             owner_node: role.owner_node,
             state: role.state,
@@ -484,6 +485,6 @@ impl Host for SimulatedHost {
         })?;
         let computer_name = self.computer_name()?;
         cluster::create_role(&world, request, &computer_name)?;
-        cluster::enforce(&world)
+        cluster::enforce_role(&world, &request.name)
     }
 }

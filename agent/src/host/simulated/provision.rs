@@ -152,7 +152,7 @@ pub fn provision(
         Ok(())
     })?;
     if let Some(world) = super::world_of(root) {
-        super::cluster::enforce(&world)?;
+        super::cluster::enforce_for_host(&world, computer_name)?;
     }
     Ok(provisioned)
 }
