@@ -10,6 +10,8 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use ssis_crds::{HostConfig, HostConfigSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 
+pub use crate::catalog::batches::action_kind;
+use crate::catalog::batches::action_replica;
 use crate::catalog::{Catalog, SecretString, SecretValue, SqlAction};
 use crate::plan::certificates::host_secret_name;
 use crate::plan::{CertificateRequestSource, PlanOutput};
@@ -197,26 +199,6 @@ async fn apply_host_configs<C: Catalog>(
     }
 }
 
-/// Short CamelCase name of an action, for metrics and Events (no parameters: they may name accounts).
-pub fn action_kind(action: &SqlAction) -> &'static str {
-    match action {
-        SqlAction::CreateListener { .. } => "CreateListener",
-        SqlAction::EnableScaleOut { .. } => "EnableScaleOut",
-        SqlAction::EncryptMasterKeyByServiceKey { .. } => "EncryptMasterKeyByServiceKey",
-        SqlAction::StoreMasterKeyPassword { .. } => "StoreMasterKeyPassword",
-        SqlAction::SetLoggingLoginPassword { .. } => "SetLoggingLoginPassword",
-        SqlAction::CreateLoggingLoginWithSid { .. } => "CreateLoggingLoginWithSid",
-        SqlAction::UpdateLogDbInfo { .. } => "UpdateLogDbInfo",
-        SqlAction::UpdateMasterAddress { .. } => "UpdateMasterAddress",
-        SqlAction::CreateWindowsLogin { .. } => "CreateWindowsLogin",
-        SqlAction::GrantSsisAdmin { .. } => "GrantSsisAdmin",
-        SqlAction::RegisterAlwaysOnReplica { .. } => "RegisterAlwaysOnReplica",
-        SqlAction::EnableWorkerAgent { .. } => "EnableWorkerAgent",
-        SqlAction::DisableWorkerAgent { .. } => "DisableWorkerAgent",
-        SqlAction::SetWorkerAgentProperty { .. } => "SetWorkerAgentProperty",
-    }
-}
-
 fn needed_secret(action: &SqlAction) -> Option<&SecretValue> {
     match action {
         SqlAction::EncryptMasterKeyByServiceKey { password, .. }
@@ -304,25 +286,6 @@ async fn run_sql_actions<C: Catalog>(ctx: &Context<C>, world: &World, plan: &Pla
         if done < actions.len() {
             report.pending_sql_actions.insert(key.clone(), actions.len() - done);
         }
-    }
-}
-
-fn action_replica(action: &SqlAction) -> &str {
-    match action {
-        SqlAction::CreateListener { replica, .. }
-        | SqlAction::EnableScaleOut { replica }
-        | SqlAction::EncryptMasterKeyByServiceKey { replica, .. }
-        | SqlAction::StoreMasterKeyPassword { replica, .. }
-        | SqlAction::SetLoggingLoginPassword { replica, .. }
-        | SqlAction::CreateLoggingLoginWithSid { replica, .. }
-        | SqlAction::UpdateLogDbInfo { replica, .. }
-        | SqlAction::UpdateMasterAddress { replica, .. }
-        | SqlAction::CreateWindowsLogin { replica, .. }
-        | SqlAction::GrantSsisAdmin { replica, .. }
-        | SqlAction::RegisterAlwaysOnReplica { replica, .. }
-        | SqlAction::EnableWorkerAgent { replica, .. }
-        | SqlAction::DisableWorkerAgent { replica, .. }
-        | SqlAction::SetWorkerAgentProperty { replica, .. } => replica,
     }
 }
 

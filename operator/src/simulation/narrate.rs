@@ -1,6 +1,7 @@
 //! Human-readable accounts of a simulated world: what a round did (per node, per SQL statement,
 //! per API write) and, when a run does not converge, what is still missing and why.
 
+pub use crate::catalog::batches::action_replica as sql_replica;
 use std::collections::BTreeMap;
 use std::fmt::Write;
 
@@ -48,26 +49,6 @@ pub fn describe_sql(action: &SqlAction) -> String {
         SqlAction::SetWorkerAgentProperty { worker_agent_id, property, value, .. } => {
             format!("EXEC catalog.set_worker_agent_property '{worker_agent_id}', N'{property}', N'{value}'")
         }
-    }
-}
-
-/// The replica an action runs on.
-pub fn sql_replica(action: &SqlAction) -> &str {
-    match action {
-        SqlAction::CreateListener { replica, .. }
-        | SqlAction::EnableScaleOut { replica }
-        | SqlAction::EncryptMasterKeyByServiceKey { replica, .. }
-        | SqlAction::StoreMasterKeyPassword { replica, .. }
-        | SqlAction::SetLoggingLoginPassword { replica, .. }
-        | SqlAction::CreateLoggingLoginWithSid { replica, .. }
-        | SqlAction::UpdateLogDbInfo { replica, .. }
-        | SqlAction::UpdateMasterAddress { replica, .. }
-        | SqlAction::CreateWindowsLogin { replica, .. }
-        | SqlAction::GrantSsisAdmin { replica, .. }
-        | SqlAction::RegisterAlwaysOnReplica { replica, .. }
-        | SqlAction::EnableWorkerAgent { replica, .. }
-        | SqlAction::DisableWorkerAgent { replica, .. }
-        | SqlAction::SetWorkerAgentProperty { replica, .. } => replica,
     }
 }
 
