@@ -2,6 +2,8 @@
 //! operator-namespace Secrets holding host material, and the rotation state machines (reference
 //! §7 "Master cert change" / "Worker cert change").
 
+use std::collections::HashMap;
+
 use sha1::{Digest, Sha1};
 use ssis_crds::{
     CertStore, CertificateMaterialRef, CertificateSource, Ensure, HostCertificate, RotationPhase, RotationStatus,
@@ -312,9 +314,26 @@ pub fn is_current(input: &PlanInput, id: &str, current: &HostMaterial) -> bool {
         .is_some_and(|i| i.thumbprint.eq_ignore_ascii_case(&current.thumbprint) && i.secret_name == current.secret_name)
 }
 
-/// Issued certificate with this thumbprint, if the operator still has its material.
-pub fn issued_by_thumbprint<'a>(input: &'a PlanInput, thumbprint: &str) -> Option<&'a IssuedCertificate> {
-    input.issued_certificates.values().find(|c| c.thumbprint.eq_ignore_ascii_case(thumbprint))
+/// Issued certificates by thumbprint: the planner looks one up for every worker node, so a scan of
+/// every issued certificate each time would make a pass quadratic in the fleet.
+pub struct IssuedByThumbprint<'a> {
+    /// Upper-case thumbprint → certificate; the first by id wins when two ids share a thumbprint.
+    by_thumbprint: HashMap<String, &'a IssuedCertificate>,
+}
+
+impl<'a> IssuedByThumbprint<'a> {
+    pub fn new(input: &'a PlanInput) -> Self {
+        let mut by_thumbprint = HashMap::with_capacity(input.issued_certificates.len());
+        for issued in input.issued_certificates.values() {
+            by_thumbprint.entry(issued.thumbprint.to_ascii_uppercase()).or_insert(issued);
+        }
+        Self { by_thumbprint }
+    }
+
+    /// Issued certificate with this thumbprint (any case), if the operator still has its material.
+    pub fn get(&self, thumbprint: &str) -> Option<&'a IssuedCertificate> {
+        self.by_thumbprint.get(&thumbprint.to_ascii_uppercase()).copied()
+    }
 }
 
 #[cfg(test)]

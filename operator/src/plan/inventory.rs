@@ -101,16 +101,21 @@ impl NodeProblem {
     }
 }
 
-/// Read-only view over nodes and HostConfigs.
+/// Read-only view over nodes and HostConfigs. Lookups the planner makes once per worker node are
+/// indexed here, so a pass stays linear in the number of nodes.
 pub struct Inventory<'a> {
     now: jiff::Timestamp,
     nodes: BTreeMap<&'a str, &'a NodeInfo>,
     host_configs: BTreeMap<&'a str, &'a HostConfig>,
+    /// Windows nodes by the (upper-case) worker `AgentId` their agent reports, in node-name order.
+    nodes_by_agent_id: BTreeMap<String, Vec<&'a str>>,
+    /// Node by ASCII-lower-case Windows computer name; the first node in name order wins.
+    nodes_by_computer_name: BTreeMap<String, &'a str>,
 }
 
 impl<'a> Inventory<'a> {
     pub fn new(input: &'a PlanInput) -> Self {
-        Self {
+        let mut inventory = Self {
             now: input.now,
             nodes: input.nodes.iter().map(|n| (n.name.as_str(), n)).collect(),
             host_configs: input
@@ -118,7 +123,22 @@ impl<'a> Inventory<'a> {
                 .iter()
                 .filter_map(|hc| hc.metadata.name.as_deref().map(|name| (name, hc)))
                 .collect(),
+            nodes_by_agent_id: BTreeMap::new(),
+            nodes_by_computer_name: BTreeMap::new(),
+        };
+        for node in inventory.windows_nodes().map(|n| n.name.as_str()).collect::<Vec<_>>() {
+            if let Some(agent_id) = inventory.worker_agent_id(node) {
+                inventory.nodes_by_agent_id.entry(agent_id).or_default().push(node);
+            }
         }
+        for (name, hc) in &inventory.host_configs {
+            let computer =
+                hc.status.as_ref().and_then(|s| s.agent.as_ref()).map(|a| a.computer_name.to_ascii_lowercase());
+            if let Some(computer) = computer {
+                inventory.nodes_by_computer_name.entry(computer).or_insert(name);
+            }
+        }
+        inventory
     }
 
     pub fn windows_nodes(&self) -> impl Iterator<Item = &'a NodeInfo> + '_ {
@@ -155,15 +175,13 @@ impl<'a> Inventory<'a> {
 
     /// Node whose agent reports this Windows computer name (case-insensitive, like Windows).
     pub fn node_by_computer_name(&self, computer: &str) -> Option<&'a str> {
-        self.host_configs
-            .iter()
-            .find(|(_, hc)| {
-                hc.status
-                    .as_ref()
-                    .and_then(|s| s.agent.as_ref())
-                    .is_some_and(|a| a.computer_name.eq_ignore_ascii_case(computer))
-            })
-            .map(|(name, _)| *name)
+        self.nodes_by_computer_name.get(&computer.to_ascii_lowercase()).copied()
+    }
+
+    /// Windows nodes other than `node` whose agent reports the same worker `AgentId` (a cloned image).
+    pub fn other_nodes_with_agent_id(&self, node: &str, agent_id: &str) -> Vec<&'a str> {
+        let nodes = self.nodes_by_agent_id.get(&agent_id.to_ascii_uppercase());
+        nodes.into_iter().flatten().copied().filter(|other| *other != node).collect()
     }
 
     /// The agent applied the current spec generation and reports `item` Applied, and the current

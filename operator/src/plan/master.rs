@@ -563,7 +563,7 @@ fn plan_master_certificate(
             format!("master certificate rotation: {:?} → {next:?}", rotation.phase),
         );
         if next == RotationPhase::Idle {
-            let issued = super::certificates::issued_by_thumbprint(input, &target.thumbprint);
+            let issued = pass.issued.get(&target.thumbprint);
             let status = CertificateStatus {
                 thumbprint: target.thumbprint.clone(),
                 not_after: rotation.to_not_after.clone().unwrap_or_default(),

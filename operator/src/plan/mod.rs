@@ -173,6 +173,7 @@ pub enum SqlStage {
 pub(crate) struct Pass<'a> {
     pub input: &'a PlanInput,
     pub inventory: inventory::Inventory<'a>,
+    pub issued: certificates::IssuedByThumbprint<'a>,
     pub conflicts: inventory::Conflicts,
     pub output: PlanOutput,
     pub sql: BTreeMap<ObjectKey, Vec<(SqlStage, SqlAction)>>,
@@ -216,6 +217,7 @@ pub fn plan(input: &PlanInput) -> PlanOutput {
     let mut pass = Pass {
         input,
         inventory: inventory::Inventory::new(input),
+        issued: certificates::IssuedByThumbprint::new(input),
         conflicts: inventory::Conflicts::detect(&claims),
         output: PlanOutput::default(),
         sql: BTreeMap::new(),
@@ -232,9 +234,9 @@ pub fn plan(input: &PlanInput) -> PlanOutput {
     for worker in &input.workers {
         worker::plan_worker(&mut pass, worker, &groups, &worker_nodes);
     }
-    let Pass { mut output, sql, contributions, .. } = pass;
+    let Pass { mut output, sql, contributions, issued, .. } = pass;
     output.host_configs = merge::merge(contributions);
-    output.retained_host_secrets = retained_host_secrets(input, &output);
+    output.retained_host_secrets = retained_host_secrets(&issued, &output);
     for (key, mut actions) in sql {
         actions.sort_by_key(|(stage, _)| *stage);
         output.sql_actions.insert(key, actions.into_iter().map(|(_, action)| action).collect());
@@ -269,7 +271,7 @@ fn claims(input: &PlanInput, worker_nodes: &BTreeMap<ObjectKey, worker::Resolved
 
 /// Certificate Secrets still in use: referenced by a desired HostConfig item, or by a status as the
 /// served or rotating-to certificate (also while no node can take items).
-fn retained_host_secrets(input: &PlanInput, output: &PlanOutput) -> BTreeSet<String> {
+fn retained_host_secrets(issued: &certificates::IssuedByThumbprint, output: &PlanOutput) -> BTreeSet<String> {
     let mut retained: BTreeSet<String> = output
         .host_configs
         .values()
@@ -283,7 +285,7 @@ fn retained_host_secrets(input: &PlanInput, output: &PlanOutput) -> BTreeSet<Str
     for node in output.worker_statuses.values().flat_map(|s| &s.nodes) {
         let thumbprints = node.certificate_thumbprint.iter().chain(node.rotating_to_thumbprint.iter());
         for thumbprint in thumbprints {
-            if let Some(issued) = certificates::issued_by_thumbprint(input, thumbprint) {
+            if let Some(issued) = issued.get(thumbprint) {
                 retained.insert(issued.secret_name.clone());
             }
         }

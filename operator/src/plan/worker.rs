@@ -11,8 +11,8 @@ use ssis_crds::{
 
 use super::availability_group::check_secret_key;
 use super::certificates::{
-    HostMaterial, absent, cert_item, issued_by_thumbprint, next_worker_phase, request_unless_issued, rotation_target,
-    start_rotation, wanted_certificate,
+    HostMaterial, absent, cert_item, next_worker_phase, request_unless_issued, rotation_target, start_rotation,
+    wanted_certificate,
 };
 use super::conditions::Findings;
 use super::inventory::{AGENT_STALE_AFTER, Owner, item_name, selector_matches};
@@ -449,12 +449,7 @@ fn plan_enrolled_node(
         status.message = Some(message);
         return status;
     };
-    let duplicates: Vec<&str> = pass
-        .inventory
-        .windows_nodes()
-        .map(|n| n.name.as_str())
-        .filter(|other| *other != node && pass.inventory.worker_agent_id(other).as_deref() == Some(agent_id.as_str()))
-        .collect();
+    let duplicates = pass.inventory.other_nodes_with_agent_id(node, &agent_id);
     if !duplicates.is_empty() {
         let message = format!(
             "node {node}: AgentId {agent_id} is also used by {} (a cloned image?); give each worker its own AgentId in WorkerSettings.config and restart the worker",
@@ -602,13 +597,13 @@ fn plan_worker_certificate(
     let input = pass.input;
     let base_id = format!("worker/{}/{node}", context.key);
     let current_thumbprint = previous.and_then(|p| p.certificate_thumbprint.clone());
-    let current_issued = current_thumbprint.as_deref().and_then(|t| issued_by_thumbprint(input, t));
+    let issued_by_thumbprint = &pass.issued;
+    let current_issued = current_thumbprint.as_deref().and_then(|t| issued_by_thumbprint.get(t));
     let current = current_issued.map(HostMaterial::from_issued);
     let mut status = node_status(node, WorkerPhase::Configuring, None);
     let describe = |status: &mut WorkerNodeStatus, material: &HostMaterial| {
         status.certificate_thumbprint = Some(material.thumbprint.clone());
-        status.certificate_not_after =
-            issued_by_thumbprint(input, &material.thumbprint).map(|i| i.not_after.to_string());
+        status.certificate_not_after = issued_by_thumbprint.get(&material.thumbprint).map(|i| i.not_after.to_string());
     };
 
     if let (Some(current), Some(rotation)) =
