@@ -15,13 +15,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use backon::BackoffBuilder;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
-use ssis_crds::HostConfig;
+use ssis_crds::{HostConfig, HostConfigStatus};
 
 use crate::engine::{AgentConfig, ApplyReport, SecretSource, reconcile_host};
 use crate::host::Host;
@@ -88,45 +89,35 @@ impl SecretSource for KubeSecretSource {
     }
 }
 
+/// Whether a pass writes the status it computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Write it when it differs from the stored status (every pass of the running agent).
+    IfChanged,
+    /// End the pass before the write, as an agent killed right after applying would (fault tests).
+    Skip,
+}
+
+/// One pass in detail, for callers that report per item (the simulated world).
+#[derive(Debug)]
+pub struct PassDetail {
+    /// The status stored before the pass.
+    pub previous: Option<HostConfigStatus>,
+    /// The status the pass computed.
+    pub status: HostConfigStatus,
+    pub report: ApplyReport,
+    pub status_written: bool,
+    /// The status differed but writing it failed; the host changes of the pass stand.
+    pub status_write_error: Option<kube::Error>,
+}
+
 /// One pass: read the HostConfig, reconcile the host, write the status if it changed.
 pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfig) -> anyhow::Result<SyncOutcome> {
-    let api: Api<HostConfig> = Api::all(client.clone());
-    // A list with a name field selector: the same query as the watch, and it needs only list RBAC.
-    let selector = ListParams::default().fields(&format!("metadata.name={}", config.node_name));
-    let Some(host_config) = api.list(&selector).await?.items.into_iter().find(|h| h.name_any() == config.node_name)
-    else {
+    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
+    let Some(pass) = sync_at(client, host, config, now, StatusWrite::IfChanged).await? else {
         return Ok(SyncOutcome::NoHostConfig);
     };
-    let spec = host_config.spec.clone();
-    let generation = host_config.metadata.generation.unwrap_or(0);
-    let previous = host_config.status.clone();
-    let secrets = KubeSecretSource::new(client.clone(), &config.namespace, tokio::runtime::Handle::current());
-    let shared = host.clone();
-    let agent = config.agent.clone();
-    let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
-    let (status, report) = tokio::task::spawn_blocking(move || {
-        let mut guard = shared.lock().map_err(|_| anyhow::anyhow!("host lock poisoned by an earlier panic"))?;
-        Ok::<_, anyhow::Error>(reconcile_host(
-            guard.as_mut(),
-            &spec,
-            generation,
-            &secrets,
-            previous.as_ref(),
-            now,
-            &agent,
-        ))
-    })
-    .await??;
-    let status_written = host_config.status.as_ref() != Some(&status);
-    if status_written {
-        let patch = serde_json::json!({
-            "apiVersion": "ssis.sqlops.io/v1alpha1",
-            "kind": "HostConfig",
-            "status": status,
-        });
-        api.patch_status(&host_config.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(patch))
-            .await?;
-    }
+    let report = pass.report;
     if report.total_writes() > 0 || report.failed_steps > 0 {
         tracing::info!(
             node = %config.node_name,
@@ -137,7 +128,62 @@ pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfi
             "host pass"
         );
     }
-    Ok(SyncOutcome::Synced { status_written, report })
+    if let Some(error) = pass.status_write_error {
+        return Err(anyhow::Error::new(error).context(format!("writing the status of HostConfig {}", config.node_name)));
+    }
+    Ok(SyncOutcome::Synced { status_written: pass.status_written, report })
+}
+
+/// One pass with the clock reading `now` (the simulated world passes its manual clock):
+/// `None` when no HostConfig is named after the node.
+pub async fn sync_at(
+    client: &Client,
+    host: &SharedHost,
+    config: &RuntimeConfig,
+    now: jiff::Timestamp,
+    write: StatusWrite,
+) -> anyhow::Result<Option<PassDetail>> {
+    let api: Api<HostConfig> = Api::all(client.clone());
+    // A list with a name field selector: the same query as the watch, and it needs only list RBAC.
+    let selector = ListParams::default().fields(&format!("metadata.name={}", config.node_name));
+    let listed = api.list(&selector).await.with_context(|| format!("reading HostConfig {}", config.node_name))?;
+    let Some(host_config) = listed.items.into_iter().find(|h| h.name_any() == config.node_name) else {
+        return Ok(None);
+    };
+    let spec = host_config.spec.clone();
+    let generation = host_config.metadata.generation.unwrap_or(0);
+    let previous = host_config.status.clone();
+    let secrets = KubeSecretSource::new(client.clone(), &config.namespace, tokio::runtime::Handle::current());
+    let shared = host.clone();
+    let agent = config.agent.clone();
+    let stored = previous.clone();
+    let (status, report) = tokio::task::spawn_blocking(move || {
+        let mut guard = shared.lock().map_err(|_| anyhow::anyhow!("host lock poisoned by an earlier panic"))?;
+        Ok::<_, anyhow::Error>(reconcile_host(
+            guard.as_mut(),
+            &spec,
+            generation,
+            &secrets,
+            stored.as_ref(),
+            now,
+            &agent,
+        ))
+    })
+    .await??;
+    let mut pass = PassDetail { previous, status, report, status_written: false, status_write_error: None };
+    if write == StatusWrite::IfChanged && pass.previous.as_ref() != Some(&pass.status) {
+        let patch = serde_json::json!({
+            "apiVersion": "ssis.sqlops.io/v1alpha1",
+            "kind": "HostConfig",
+            "status": pass.status,
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        match api.patch_status(&host_config.name_any(), &params, &Patch::Apply(patch)).await {
+            Ok(_) => pass.status_written = true,
+            Err(error) => pass.status_write_error = Some(error),
+        }
+    }
+    Ok(Some(pass))
 }
 
 fn retry_backoff() -> impl Iterator<Item = Duration> {

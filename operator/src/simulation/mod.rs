@@ -17,23 +17,24 @@ pub mod manifests;
 pub mod narrate;
 pub mod recording;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::Node;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use ssis_agent::engine::{ActionKind, AgentConfig, ApplyReport, MapSecretSource, reconcile_host};
+use ssis_agent::engine::{ActionKind, AgentConfig, ApplyReport};
 use ssis_agent::host::Host;
 use ssis_agent::host::simulated::provision::{Features, provision};
 use ssis_agent::host::simulated::traffic::ConnectionFailure;
 use ssis_agent::host::simulated::{SimulatedHost, faults as host_faults, network};
+use ssis_agent::runtime::{RuntimeConfig, SharedHost, StatusWrite, sync_at};
 use ssis_crds::{
-    HostConfig, HostConfigSpec, HostConfigStatus, ItemState, ScaleOutMasterGroup, ScaleOutWorker,
-    SsisdbAvailabilityGroup, condition_types, find_condition,
+    HostConfig, HostConfigStatus, ItemState, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup,
+    condition_types, find_condition,
 };
 
 use crate::catalog::{SimulatedCatalog, SqlAction, simulated::IngestReport};
@@ -349,10 +350,11 @@ impl World {
         }
     }
 
-    /// One pass of `node`'s agent, as the agent runtime does it: read the HostConfig and the
-    /// Secrets it references, `reconcile_host`, write the status (server-side apply, field
-    /// manager `ssis-agent`) when it changed. `wrap` replaces the host (e.g. one that dies after
-    /// some writes); with `write_status` false the agent "dies" before writing its status.
+    /// One pass of `node`'s agent: the agent runtime's own pass (`ssis_agent::runtime::sync_at`:
+    /// list the node's HostConfig, read the Secrets it references, `reconcile_host`, write the status
+    /// with server-side apply when it changed) at the world's time. `wrap` replaces the host (e.g.
+    /// one that dies after some writes); with `write_status` false the agent "dies" before writing
+    /// its status.
     pub async fn agent_pass(
         &mut self,
         node: &str,
@@ -364,26 +366,6 @@ impl World {
             pass.error = Some(format!("no simulated host for node {node}"));
             return pass;
         };
-        let client = self.api.client(Component::Agent);
-        let api: Api<HostConfig> = Api::all(client.clone());
-        let host_config = match api.get_opt(node).await {
-            Ok(Some(host_config)) => host_config,
-            Ok(None) => {
-                pass.no_host_config = true;
-                return pass;
-            }
-            Err(error) => {
-                pass.error = Some(format!("reading HostConfig {node}: {error}"));
-                return pass;
-            }
-        };
-        let secrets = match self.agent_secrets(&client, &host_config.spec).await {
-            Ok(secrets) => secrets,
-            Err(error) => {
-                pass.error = Some(error);
-                return pass;
-            }
-        };
         let host = match SimulatedHost::open(&sim.root, Some(self.directory.path.clone())) {
             Ok(host) => host,
             Err(error) => {
@@ -391,22 +373,31 @@ impl World {
                 return pass;
             }
         };
-        let mut host: Box<dyn Host> = match wrap {
+        let host: Box<dyn Host> = match wrap {
             Some(wrap) => wrap(host),
             None => Box::new(host),
         };
-        let generation = host_config.metadata.generation.unwrap_or(0);
-        let previous = host_config.status.clone();
-        let (status, report) = reconcile_host(
-            host.as_mut(),
-            &host_config.spec,
-            generation,
-            &secrets,
-            previous.as_ref(),
-            self.clock.now(),
-            &self.agent_config,
-        );
-        for item in &status.items {
+        let config = RuntimeConfig {
+            node_name: node.to_string(),
+            namespace: self.options.operator_namespace.clone(),
+            agent: self.agent_config.clone(),
+            drift_interval: Duration::from_secs(2),
+        };
+        let write = if write_status { StatusWrite::IfChanged } else { StatusWrite::Skip };
+        let client = self.api.client(Component::Agent);
+        let shared: SharedHost = Arc::new(std::sync::Mutex::new(host));
+        let detail = match sync_at(&client, &shared, &config, self.clock.now(), write).await {
+            Ok(Some(detail)) => detail,
+            Ok(None) => {
+                pass.no_host_config = true;
+                return pass;
+            }
+            Err(error) => {
+                pass.error = Some(format!("{error:#}"));
+                return pass;
+            }
+        };
+        for item in &detail.status.items {
             match (item.state, item.reason.as_deref()) {
                 (ItemState::Applied, Some("Changed")) => {
                     pass.changed.push((item.name.clone(), item.message.clone().unwrap_or_default()))
@@ -417,37 +408,16 @@ impl World {
                 _ => {}
             }
         }
-        pass.report = report;
-        if !write_status || previous.as_ref() == Some(&status) {
-            return pass;
+        pass.report = detail.report;
+        pass.status_written = detail.status_written;
+        if detail.previous.as_ref() != Some(&detail.status) {
+            pass.heartbeat_only =
+                detail.previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&detail.status));
         }
-        pass.heartbeat_only = previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&status));
-        let patch =
-            serde_json::json!({ "apiVersion": "ssis.sqlops.io/v1alpha1", "kind": "HostConfig", "status": status });
-        match api.patch_status(node, &PatchParams::apply(AGENT_FIELD_MANAGER).force(), &Patch::Apply(patch)).await {
-            Ok(_) => pass.status_written = true,
-            Err(error) => pass.error = Some(format!("writing the status of HostConfig {node}: {error}")),
+        if let Some(error) = detail.status_write_error {
+            pass.error = Some(format!("writing the status of HostConfig {node}: {error}"));
         }
         pass
-    }
-
-    /// The Secrets a HostConfig references, read by name from the operator namespace.
-    async fn agent_secrets(&self, client: &kube::Client, spec: &HostConfigSpec) -> Result<MapSecretSource, String> {
-        let names: BTreeSet<&str> = spec
-            .certificates
-            .iter()
-            .filter_map(|c| c.source.as_ref().map(|s| s.secret_name.as_str()))
-            .chain(spec.services.iter().filter_map(|s| s.logon.as_ref().map(|l| l.password_secret_ref.name.as_str())))
-            .collect();
-        let api: Api<Secret> = Api::namespaced(client.clone(), &self.options.operator_namespace);
-        let mut source = MapSecretSource::new();
-        for name in names {
-            let secret = api.get_opt(name).await.map_err(|e| format!("cannot read Secret {name}: {e}"))?;
-            for (key, value) in secret.and_then(|s| s.data).unwrap_or_default() {
-                source.insert(name, &key, value.0);
-            }
-        }
-        Ok(source)
     }
 
     /// Run rounds until a fixed point (a round without writes of any kind, every custom resource
