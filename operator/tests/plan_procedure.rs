@@ -941,7 +941,8 @@ fn duplicate_agent_id_from_a_cloned_image_fails_the_node_with_the_fix() {
     world.converge(6);
     let host = world.input.host_configs.iter_mut().find(|h| h.metadata.name.as_deref() == Some("wk-2")).expect("wk-2");
     let settings = host.status.as_mut().and_then(|s| s.worker_settings.as_mut()).expect("worker settings observed");
-    settings.values.insert("AgentId".into(), agent_id("wk-1"));
+    // Windows GUIDs compare without case: a lower-case copy is the same AgentId.
+    settings.values.insert("AgentId".into(), agent_id("wk-1").to_ascii_lowercase());
     let output = plan(&world.input);
     let node = &output.worker_statuses["ssis/wk-2"].nodes[0];
     assert_eq!(node.phase, WorkerPhase::Failed);
