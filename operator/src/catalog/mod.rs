@@ -156,6 +156,58 @@ pub enum SqlAction {
     SetWorkerAgentProperty { replica: String, worker_agent_id: String, property: String, value: String },
 }
 
+impl SqlAction {
+    /// One action of every kind, every user-data field set to `data`: what the tests of the SQL
+    /// paths (batch registry, parameter binding, hostile input) run through. The match below is
+    /// exhaustive, so a new kind does not compile until it is listed here too.
+    #[doc(hidden)]
+    pub fn one_of_every_kind(data: &str) -> Vec<SqlAction> {
+        let r = || "NODE1".to_string();
+        let d = || data.to_string();
+        let actions = vec![
+            SqlAction::CreateListener { replica: r(), name: d(), port: 1433, static_ips: vec![(d(), d()), (d(), d())] },
+            SqlAction::CreateListener { replica: r(), name: d(), port: 1433, static_ips: vec![] },
+            SqlAction::EnableScaleOut { replica: r() },
+            SqlAction::EncryptMasterKeyByServiceKey { replica: r(), password: SecretValue::CatalogPassword },
+            SqlAction::StoreMasterKeyPassword { replica: r(), password: SecretValue::CatalogPassword },
+            SqlAction::SetLoggingLoginPassword { replica: r(), password: SecretValue::LoggingPassword },
+            SqlAction::CreateLoggingLoginWithSid {
+                replica: r(),
+                sid: d(),
+                password: SecretValue::LoggingPassword,
+                drop_existing: true,
+            },
+            SqlAction::UpdateLogDbInfo { replica: r(), server_name: d(), password: SecretValue::LoggingPassword },
+            SqlAction::UpdateMasterAddress { replica: r(), address: d() },
+            SqlAction::CreateWindowsLogin { replica: r(), account: d() },
+            SqlAction::GrantSsisAdmin { replica: r(), account: d() },
+            SqlAction::RegisterAlwaysOnReplica { replica: r(), server_name: d() },
+            SqlAction::EnableWorkerAgent { replica: r(), worker_agent_id: d() },
+            SqlAction::DisableWorkerAgent { replica: r(), worker_agent_id: d() },
+            SqlAction::SetWorkerAgentProperty { replica: r(), worker_agent_id: d(), property: d(), value: d() },
+        ];
+        for action in &actions {
+            match action {
+                SqlAction::CreateListener { .. }
+                | SqlAction::EnableScaleOut { .. }
+                | SqlAction::EncryptMasterKeyByServiceKey { .. }
+                | SqlAction::StoreMasterKeyPassword { .. }
+                | SqlAction::SetLoggingLoginPassword { .. }
+                | SqlAction::CreateLoggingLoginWithSid { .. }
+                | SqlAction::UpdateLogDbInfo { .. }
+                | SqlAction::UpdateMasterAddress { .. }
+                | SqlAction::CreateWindowsLogin { .. }
+                | SqlAction::GrantSsisAdmin { .. }
+                | SqlAction::RegisterAlwaysOnReplica { .. }
+                | SqlAction::EnableWorkerAgent { .. }
+                | SqlAction::DisableWorkerAgent { .. }
+                | SqlAction::SetWorkerAgentProperty { .. } => {}
+            }
+        }
+        actions
+    }
+}
+
 /// Errors talking to SQL Server.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
