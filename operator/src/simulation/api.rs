@@ -396,7 +396,9 @@ fn resource_of(path: &str) -> String {
     }
 }
 
-fn rewrite_cluster_path(path: &str) -> Option<String> {
+/// The path of a request for one of this group's cluster-scoped kinds, moved into
+/// [`CLUSTER_SCOPE_NAMESPACE`]; `None` for every other path.
+pub fn rewrite_cluster_path(path: &str) -> Option<String> {
     let parts: Vec<&str> = path.split('/').collect();
     // ["", "apis", group, version, plural, ...]
     if parts.len() >= 5 && parts[1] == "apis" && CLUSTER_SCOPED_PLURALS.contains(&parts[4]) {

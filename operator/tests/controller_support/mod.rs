@@ -9,31 +9,32 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::api::ObjectMeta;
 use kube_fake_client::ClientBuilder;
-use ssis_crds::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup, host_secret_keys};
+use ssis_crds::host_secret_keys;
 use ssis_operator::catalog::{
     Catalog, CatalogError, CatalogObservation, CatalogTarget, SecretString, SecretValue, SqlAction,
 };
 use ssis_operator::controller::{CertificateIssuer, Context, ManualClock, SecretData};
 use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, IssuedCertificate};
+use ssis_operator::simulation::api;
 
 pub const OPERATOR_NS: &str = "ssis-system";
 
 /// Namespace under which the cluster-scoped kinds are stored in the in-memory API server.
-pub const CLUSTER_SCOPE_NS: &str = "_cluster";
+pub const CLUSTER_SCOPE_NS: &str = api::CLUSTER_SCOPE_NAMESPACE;
 
 /// A fake client with the four kinds registered with status subresources, plus `objects`.
 pub async fn fake_client(objects: Vec<serde_json::Value>) -> kube::Client {
-    cluster_scoped(fake_builder(objects).build().await.expect("fake client"), &["hostconfigs"])
+    cluster_scoped(fake_builder(objects).build().await.expect("fake client"))
 }
 
 /// kube-fake-client 0.3 registers every custom kind as namespaced, so requests for the
-/// cluster-scoped kinds (`/apis/<group>/<version>/<plural>...`) are rewritten into a fixed
-/// namespace; everything else passes through unchanged.
-pub fn cluster_scoped(inner: kube::Client, plurals: &'static [&'static str]) -> kube::Client {
+/// cluster-scoped kinds are rewritten into a fixed namespace (as the simulated world does);
+/// everything else passes through unchanged.
+pub fn cluster_scoped(inner: kube::Client) -> kube::Client {
     let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
         let inner = inner.clone();
         async move {
-            if let Some(path) = rewrite_cluster_path(request.uri().path(), plurals) {
+            if let Some(path) = api::rewrite_cluster_path(request.uri().path()) {
                 let uri = match request.uri().query() {
                     Some(query) => format!("{path}?{query}"),
                     None => path,
@@ -46,18 +47,6 @@ pub fn cluster_scoped(inner: kube::Client, plurals: &'static [&'static str]) -> 
     kube::Client::new(service, "default")
 }
 
-fn rewrite_cluster_path(path: &str, plurals: &[&str]) -> Option<String> {
-    let parts: Vec<&str> = path.split('/').collect();
-    // ["", "apis", group, version, plural, ...]
-    if parts.len() >= 5 && parts[1] == "apis" && plurals.contains(&parts[4]) {
-        let mut rewritten = parts[..4].to_vec();
-        rewritten.extend(["namespaces", CLUSTER_SCOPE_NS]);
-        rewritten.extend(&parts[4..]);
-        return Some(rewritten.join("/"));
-    }
-    None
-}
-
 /// A cluster-scoped object as stored by [`cluster_scoped`].
 pub fn cluster_json<K: serde::Serialize>(object: &K) -> serde_json::Value {
     let mut value = json(object);
@@ -65,18 +54,9 @@ pub fn cluster_json<K: serde::Serialize>(object: &K) -> serde_json::Value {
     value
 }
 
+/// The world's builder with managed fields returned, so tests can check field managers.
 pub fn fake_builder(objects: Vec<serde_json::Value>) -> ClientBuilder {
-    ClientBuilder::new()
-        .with_resource::<SsisdbAvailabilityGroup>()
-        .with_status_subresource::<SsisdbAvailabilityGroup>()
-        .with_resource::<ScaleOutMasterGroup>()
-        .with_status_subresource::<ScaleOutMasterGroup>()
-        .with_resource::<ScaleOutWorker>()
-        .with_status_subresource::<ScaleOutWorker>()
-        .with_resource::<HostConfig>()
-        .with_status_subresource::<HostConfig>()
-        .with_return_managed_fields()
-        .with_runtime_objects(objects)
+    api::fake_builder(objects).with_return_managed_fields()
 }
 
 pub fn json<K: serde::Serialize>(object: &K) -> serde_json::Value {
