@@ -410,10 +410,8 @@ impl World {
         }
         pass.report = detail.report;
         pass.status_written = detail.status_written;
-        if detail.previous.as_ref() != Some(&detail.status) {
-            pass.heartbeat_only =
-                detail.previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&detail.status));
-        }
+        pass.heartbeat_only = detail.status_written
+            && detail.previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&detail.status));
         if let Some(error) = detail.status_write_error {
             pass.error = Some(format!("writing the status of HostConfig {node}: {error}"));
         }
