@@ -26,8 +26,8 @@ static OPERATOR_PEAK: AtomicUsize = AtomicUsize::new(0);
 /// The header is one alignment unit (at least 16 bytes) in front of the block, so the block keeps
 /// the alignment it asked for; the tag is its last byte.
 fn with_header(layout: Layout) -> (Layout, usize) {
+    // A power of two (alignments are), so the header keeps the block aligned.
     let offset = layout.align().max(16);
-    // SAFETY-relevant: `offset` is a power of two and the size cannot overflow for real requests.
     (Layout::from_size_align(layout.size() + offset, offset).expect("layout with header"), offset)
 }
 
@@ -145,7 +145,8 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
     let (wall, cpu) = (Instant::now(), thread_cpu());
     let resync = world.operator_pass().await;
     let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
-    // Hosts and the SQL model do not run during the pass: the growth is the operator's working set.
+    // No host runs during the pass, so the growth is the operator's working set; the simulated SQL
+    // model's answers count as the operator's, as a real operator holds its query results.
     let operator_peak = OPERATOR_PEAK.load(Ordering::Relaxed) - live_before;
     let api_server_left = LIVE[API_SERVER].load(Ordering::Relaxed).saturating_sub(api_server_before);
     let api_writes = world.api.ledger().writes.values().sum::<u64>() - writes_before;
