@@ -156,18 +156,11 @@ pub async fn sync_at(
     let secrets = KubeSecretSource::new(client.clone(), &config.namespace, tokio::runtime::Handle::current());
     let shared = host.clone();
     let agent = config.agent.clone();
-    let stored = previous.clone();
-    let (status, report) = tokio::task::spawn_blocking(move || {
+    let (previous, status, report) = tokio::task::spawn_blocking(move || {
         let mut guard = shared.lock().map_err(|_| anyhow::anyhow!("host lock poisoned by an earlier panic"))?;
-        Ok::<_, anyhow::Error>(reconcile_host(
-            guard.as_mut(),
-            &spec,
-            generation,
-            &secrets,
-            stored.as_ref(),
-            now,
-            &agent,
-        ))
+        let (status, report) =
+            reconcile_host(guard.as_mut(), &spec, generation, &secrets, previous.as_ref(), now, &agent);
+        Ok::<_, anyhow::Error>((previous, status, report))
     })
     .await??;
     let mut pass = PassDetail { previous, status, report, status_written: false, status_write_error: None };

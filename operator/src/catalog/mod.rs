@@ -159,7 +159,8 @@ pub enum SqlAction {
 impl SqlAction {
     /// One action of every kind, every user-data field set to `data`: what the tests of the SQL
     /// paths (batch registry, parameter binding, hostile input) run through. The match below is
-    /// exhaustive, so a new kind does not compile until it is listed here too.
+    /// exhaustive, so a new kind does not compile until it gets an arm here, next to the list it
+    /// must also join.
     #[doc(hidden)]
     pub fn one_of_every_kind(data: &str) -> Vec<SqlAction> {
         let r = || "NODE1".to_string();

@@ -45,9 +45,6 @@ use self::issuer::SeededIssuer;
 use self::manifests::{HostSetup, Manifests, node_object};
 use self::recording::RecordingCatalog;
 
-/// Field manager of the agents' status writes (the same as the agent runtime's).
-pub const AGENT_FIELD_MANAGER: &str = ssis_agent::runtime::FIELD_MANAGER;
-
 /// How a world is set up.
 #[derive(Clone, Debug)]
 pub struct WorldOptions {
