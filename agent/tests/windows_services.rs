@@ -4,6 +4,7 @@
 #![cfg(windows)]
 
 use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ssis_agent::host::windows::WindowsHost;
@@ -33,6 +34,15 @@ fn wait_for_marker(path: &PathBuf, expected: &str) -> String {
     }
 }
 
+/// Wine's SCM client is not safe for concurrent use from two threads of one process: run in
+/// parallel, these two tests failed 4 of 40 times with `Invalid handle (os error 6)` on their
+/// first SCM calls and once hung; serialized, none of 140 runs failed. The agent never makes
+/// concurrent SCM calls (every host call holds its host lock).
+fn scm_lock() -> MutexGuard<'static, ()> {
+    static SCM: Mutex<()> = Mutex::new(());
+    SCM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Removes the test service even when an assertion fails, so later runs start clean.
 struct Uninstall(String);
 
@@ -44,6 +54,7 @@ impl Drop for Uninstall {
 
 #[test]
 fn full_lifecycle_of_a_real_service() {
+    let _scm = scm_lock();
     let mut host = WindowsHost::new();
     // Wine reuses small process ids: add the time so names never collide across runs.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -99,6 +110,7 @@ fn full_lifecycle_of_a_real_service() {
 
 #[test]
 fn missing_services_are_absent_or_not_found_and_never_leak_passwords() {
+    let _scm = scm_lock();
     let mut host = WindowsHost::new();
     let name = "ssis-agent-test-never-installed";
     assert_eq!(host.query_service(name).unwrap(), None);
