@@ -35,9 +35,9 @@ fn wait_for_marker(path: &PathBuf, expected: &str) -> String {
 }
 
 /// Wine's SCM client is not safe for concurrent use from two threads of one process: run in
-/// parallel, these two tests failed 4 of 40 times with `Invalid handle (os error 6)` on their
-/// first SCM calls and once hung; serialized, none of 140 runs failed. The agent never makes
-/// concurrent SCM calls (every host call holds its host lock).
+/// parallel, these two tests failed in 5 of 47 runs with `Invalid handle (os error 6)` and hung in
+/// one more; serialized, none of 160 runs failed. The agent never makes concurrent SCM calls
+/// (every host call holds its host lock).
 fn scm_lock() -> MutexGuard<'static, ()> {
     static SCM: Mutex<()> = Mutex::new(());
     SCM.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
