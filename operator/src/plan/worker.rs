@@ -597,13 +597,13 @@ fn plan_worker_certificate(
     let input = pass.input;
     let base_id = format!("worker/{}/{node}", context.key);
     let current_thumbprint = previous.and_then(|p| p.certificate_thumbprint.clone());
-    let issued_by_thumbprint = &pass.issued;
-    let current_issued = current_thumbprint.as_deref().and_then(|t| issued_by_thumbprint.get(t));
+    let issued = &pass.issued;
+    let current_issued = current_thumbprint.as_deref().and_then(|t| issued.get(t));
     let current = current_issued.map(HostMaterial::from_issued);
     let mut status = node_status(node, WorkerPhase::Configuring, None);
     let describe = |status: &mut WorkerNodeStatus, material: &HostMaterial| {
         status.certificate_thumbprint = Some(material.thumbprint.clone());
-        status.certificate_not_after = issued_by_thumbprint.get(&material.thumbprint).map(|i| i.not_after.to_string());
+        status.certificate_not_after = issued.get(&material.thumbprint).map(|i| i.not_after.to_string());
     };
 
     if let (Some(current), Some(rotation)) =

@@ -68,12 +68,12 @@ fn thread_cpu() -> std::time::Duration {
     std::time::Duration::from_nanos(nanos)
 }
 
-/// A `/proc/self/status` figure (`VmHWM`, `VmRSS`) in MiB.
-fn proc_status_mib(field: &str) -> f64 {
+/// Peak resident set size of this process (`VmHWM`) in MiB.
+fn vm_hwm_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find(|l| l.strip_prefix(field).is_some_and(|rest| rest.starts_with(':')))
+        .find(|l| l.starts_with("VmHWM:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0.0);
@@ -209,7 +209,7 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
     );
     println!(
         "process peak: VmHWM {:.0} MiB (API server, {} hosts, SQL model and operator in one process)",
-        proc_status_mib("VmHWM"),
+        vm_hwm_mib(),
         world.nodes.len()
     );
 }
