@@ -26,6 +26,24 @@ pub fn schemas_by_kind() -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// `openAPIV3Schema` of every CRD as committed under `crds/generated/` (what `kubectl apply`, the
+/// chart and `deploy/` install), by kind.
+pub fn generated_schemas_by_kind() -> BTreeMap<String, Value> {
+    let files = yaml_files(&workspace_root().join("crds/generated"));
+    assert!(!files.is_empty(), "crds/generated holds no CRDs");
+    files
+        .iter()
+        .flat_map(|file| load_documents(file))
+        .map(|crd| {
+            let kind = crd.value.pointer("/spec/names/kind").and_then(Value::as_str).expect("CRD kind").to_string();
+            let versions = crd.value.pointer("/spec/versions").and_then(Value::as_array).expect("CRD versions");
+            assert_eq!(versions.len(), 1, "{kind}: one served version");
+            let schema = versions[0].pointer("/schema/openAPIV3Schema").expect("openAPIV3Schema").clone();
+            (kind, schema)
+        })
+        .collect()
+}
+
 /// Convert an OpenAPI v3 (Kubernetes dialect) schema into JSON Schema draft 4 for `jsonschema`:
 /// `nullable: true` becomes a `null` alternative of `type`, and — like `kubectl --validate=strict`
 /// — objects with `properties` reject unknown fields, so a typo in an example is an error rather
