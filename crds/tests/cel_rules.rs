@@ -7,7 +7,7 @@
 mod cel_cost;
 mod support;
 
-use cel_cost::{PER_CRD_LIMIT, PER_EXPRESSION_LIMIT, nests_macros, rule_cost};
+use cel_cost::{PER_CRD_LIMIT, PER_EXPRESSION_LIMIT, functions, nests_macros, rule_cost};
 use kube::core::cel::{ScopeContext, check_rule_scope, compile_schema};
 use serde_json::{Value, json};
 
@@ -192,6 +192,65 @@ fn every_rule_cost_is_far_below_the_api_server_limits() {
     }
     assert_eq!(per_crd.len(), 4, "every CRD carries rules: {per_crd:?}");
     assert!(problems.is_empty(), "add maxItems / maxLength or simplify the rule:\n{}", problems.join("\n"));
+}
+
+/// Minor version (1.x) from which an API server accepts CRD rules calling these functions: the
+/// table "CEL options, language features, and libraries" of
+/// https://kubernetes.io/docs/reference/using-api/cel/ (a library becomes usable in stored rules one
+/// release after it was added, so a rollback can still evaluate them). A function outside this table
+/// and the cost model fails `every_rule_cost_is_far_below_the_api_server_limits`, so a new library
+/// gets its row here when it first appears in a rule.
+const LIBRARIES: &[(&str, &[&str], u32)] = &[
+    (
+        "Kubernetes IP address library",
+        &[
+            "isIP",
+            "ip",
+            "isCanonical",
+            "family",
+            "isUnspecified",
+            "isLoopback",
+            "isLinkLocalMulticast",
+            "isLinkLocalUnicast",
+            "isGlobalUnicast",
+        ],
+        31,
+    ),
+    ("Kubernetes CIDR library", &["cidr", "isCIDR", "containsIP", "containsCIDR", "masked", "prefixLength"], 31),
+    ("Kubernetes semver library", &["semver", "isSemver"], 34),
+    ("Kubernetes quantity library", &["quantity", "isQuantity"], 29),
+    ("CEL optional types", &["optMap", "optFlatMap", "orValue", "hasValue", "_?._", "_[?_]"], 29),
+];
+/// `x-kubernetes-validations` are stable since 1.29 (feature gate CustomResourceValidationExpressions).
+const CRD_RULES_SINCE: u32 = 29;
+/// The chart's optional ValidatingAdmissionPolicy is `admissionregistration.k8s.io/v1`, stable since
+/// 1.30 (feature gate ValidatingAdmissionPolicy).
+const CHART_POLICY_SINCE: u32 = 30;
+
+#[test]
+fn the_documented_minimum_kubernetes_version_is_what_the_rules_need() {
+    let mut minimum = (CRD_RULES_SINCE.max(CHART_POLICY_SINCE), "ValidatingAdmissionPolicy v1".to_string());
+    for (kind, rule) in all_rules() {
+        for function in functions(&rule.rule).unwrap_or_else(|e| panic!("{kind} {}: {e}", rule.path)) {
+            for (library, names, since) in LIBRARIES {
+                if names.contains(&function.as_str()) && *since > minimum.0 {
+                    minimum = (*since, format!("{library} ({function}() in {kind} {})", rule.path));
+                }
+            }
+        }
+    }
+    let root = support::workspace_root();
+    let chart = std::fs::read_to_string(root.join("charts/ssis-operator/Chart.yaml")).unwrap();
+    let install = std::fs::read_to_string(root.join("docs/install.md")).unwrap();
+    let (minor, why) = minimum;
+    assert!(
+        chart.contains(&format!("kubeVersion: \">=1.{minor}.0-0\"")),
+        "Chart.yaml kubeVersion must be >=1.{minor}.0-0: {why}"
+    );
+    assert!(
+        install.contains(&format!("Kubernetes **1.{minor} or later**")),
+        "docs/install.md must state Kubernetes 1.{minor} or later: {why}"
+    );
 }
 
 // The estimator itself: it must reproduce what a real API server said and fail where it must.

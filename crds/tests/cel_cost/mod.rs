@@ -328,7 +328,10 @@ impl<'s> Estimator<'s> {
             | "prefixLength"
             | "masked" => (costs + 1, Shape::Scalar),
             other => {
-                return Err(format!("`{}`: function {other} is not in this cost model; add it from cost.go", self.rule));
+                return Err(format!(
+                    "`{}`: function {other} is not in this cost model; add it from cost.go",
+                    self.rule
+                ));
             }
         })
     }
@@ -338,6 +341,40 @@ impl<'s> Estimator<'s> {
 pub fn rule_cost(rule: &str, node: &Value) -> Result<u64, String> {
     let ast = Parser::new().parse(rule).map_err(|e| format!("`{rule}` does not parse: {e:?}"))?;
     Estimator { rule_node: node, rule, scopes: Vec::new() }.cost(&ast).map(|(cost, _)| cost)
+}
+
+/// Every function and operator a rule calls (macros appear expanded: `@not_strictly_false`, ...).
+pub fn functions(rule: &str) -> Result<std::collections::BTreeSet<String>, String> {
+    fn walk(expr: &IdedExpr, out: &mut std::collections::BTreeSet<String>) {
+        match &expr.expr {
+            Expr::Call(call) => {
+                out.insert(call.func_name.clone());
+                call.target.iter().for_each(|t| walk(t, out));
+                call.args.iter().for_each(|a| walk(a, out));
+            }
+            Expr::Comprehension(c) => [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]
+                .into_iter()
+                .for_each(|e| walk(e, out)),
+            Expr::Select(select) => walk(&select.operand, out),
+            Expr::List(list) => list.elements.iter().for_each(|e| walk(e, out)),
+            Expr::Map(map) => map.entries.iter().for_each(|entry| match &entry.expr {
+                EntryExpr::MapEntry(e) => {
+                    walk(&e.key, out);
+                    walk(&e.value, out);
+                }
+                EntryExpr::StructField(f) => walk(&f.value, out),
+            }),
+            Expr::Struct(message) => message.entries.iter().for_each(|entry| match &entry.expr {
+                EntryExpr::StructField(f) => walk(&f.value, out),
+                EntryExpr::MapEntry(e) => walk(&e.value, out),
+            }),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+    let ast = Parser::new().parse(rule).map_err(|e| format!("`{rule}` does not parse: {e:?}"))?;
+    let mut out = std::collections::BTreeSet::new();
+    walk(&ast, &mut out);
+    Ok(out)
 }
 
 /// Whether a comprehension (a list or map macro) runs inside the loop of another one.
