@@ -142,6 +142,8 @@ pub struct GeneratedCertificate {
     #[schemars(range(min = 1, max = 3649))]
     pub renew_before_days: i32,
     /// Extra DNS names for the subject alternative names (the required names are always included).
+    /// Atomic rather than a set: DNS names compare case-insensitively, which a list-type set cannot
+    /// express, and the operator drops case-insensitive duplicates itself.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 32),
@@ -152,6 +154,7 @@ pub struct GeneratedCertificate {
             )
         )
     )]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub additional_dns_names: Vec<String>,
 }
 

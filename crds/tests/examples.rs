@@ -194,6 +194,12 @@ fn expected_field(file: &std::path::Path) -> String {
         .unwrap_or_else(|| panic!("{} has no `# expect-field:` header", file.display()))
 }
 
+/// Optional `# expect-message: Duplicate value` header: the error naming the field must also say this.
+fn expected_message(file: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(file).unwrap();
+    text.lines().find_map(|line| line.strip_prefix("# expect-message:")).map(|m| m.trim().to_string())
+}
+
 #[test]
 fn every_invalid_manifest_is_rejected_naming_the_field() {
     let schemas = schemas_by_kind();
@@ -207,9 +213,10 @@ fn every_invalid_manifest_is_rejected_naming_the_field() {
         let schema = &schemas[manifest.kind()];
         let errors = admission_errors(schema, &manifest.value);
         assert!(!errors.is_empty(), "{} was accepted; it must be rejected at {expected}", file.display());
-        let matching = errors.iter().find(|e| e.contains(&expected));
+        let message = expected_message(&file).unwrap_or_default();
+        let matching = errors.iter().find(|e| e.contains(&expected) && e.contains(&message));
         let Some(matching) = matching else {
-            panic!("{}: no error names {expected}:\n{}", file.display(), errors.join("\n"));
+            panic!("{}: no error names {expected} with {message:?}:\n{}", file.display(), errors.join("\n"));
         };
         eprintln!("{}: {matching}", file.file_name().unwrap().to_string_lossy());
     }

@@ -949,3 +949,82 @@ fn duplicate_agent_id_from_a_cloned_image_fails_the_node_with_the_fix() {
     assert!(node.message.as_deref().is_some_and(|m| m.contains("wk-1") && m.contains("AgentId")));
     assert_eq!(condition(&output.worker_statuses["ssis/wk-2"].conditions, "Stalled").reason, "DuplicateAgentId");
 }
+
+// Rules the SsisdbAvailabilityGroup CRD enforced with nested CEL macros until the API server
+// refused them as over its cost budget: the planner stalls such a spec and runs nothing in SQL.
+
+/// The example input observed with Always On support missing, so a valid spec has SQL to run.
+fn input_with_sql_to_run() -> ssis_operator::plan::PlanInput {
+    let mut input = input();
+    let mut observation = converged_observation();
+    observation.ssisdb.as_mut().expect("ssisdb").always_on_replicas.clear();
+    input.catalogs.insert(AG_KEY.into(), observation);
+    assert!(!actions(&plan(&input)).is_empty(), "a valid spec with missing Always On support has SQL to run");
+    input
+}
+
+#[test]
+fn two_replicas_on_one_sql_endpoint_stall_naming_the_field_and_run_no_sql() {
+    let mut input = input_with_sql_to_run();
+    input.availability_groups[0].spec.replicas[1].host = "SQL1.corp.example.com".into();
+    let output = plan(&input);
+    let stalled = condition(&output.availability_group_statuses[AG_KEY].conditions, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DuplicateReplicaEndpoint"));
+    assert!(
+        stalled.message.contains("spec.replicas[1]") && stalled.message.contains("fix the host or port"),
+        "names the field and the fix: {}",
+        stalled.message
+    );
+    assert_eq!(actions(&output), vec![], "no SQL action for a spec the CRD used to refuse");
+
+    input.availability_groups[0].spec.replicas[1].port = 1434;
+    let stalled = condition(&plan(&input).availability_group_statuses[AG_KEY].conditions, "Stalled").clone();
+    assert_ne!(stalled.reason, "DuplicateReplicaEndpoint", "another port is another endpoint");
+}
+
+#[test]
+fn two_replicas_on_one_node_stall_naming_the_field_and_run_no_sql() {
+    let mut input = input_with_sql_to_run();
+    input.availability_groups[0].spec.replicas[1].node_name = Some("sql-1".into());
+    let output = plan(&input);
+    let stalled = condition(&output.availability_group_statuses[AG_KEY].conditions, "Stalled");
+    assert_eq!((stalled.status.as_str(), stalled.reason.as_str()), ("True", "DuplicateReplicaNode"));
+    assert!(
+        stalled.message.contains("spec.replicas[1].nodeName") && stalled.message.contains("sql-1"),
+        "names the field and the node: {}",
+        stalled.message
+    );
+    assert_eq!(actions(&output), vec![]);
+    assert!(output.availability_group_statuses[AG_KEY].replicas.iter().all(|r| !r.catalog_key_ready));
+
+    input.availability_groups[0].spec.replicas[1].node_name = None;
+    input.availability_groups[0].spec.replicas[0].node_name = None;
+    let stalled = condition(&plan(&input).availability_group_statuses[AG_KEY].conditions, "Stalled").clone();
+    assert_eq!(stalled.status, "False", "replicas outside the cluster share no node: {}", stalled.message);
+}
+
+#[test]
+fn legacy_folder_names_that_collide_are_dropped_and_stalled_so_the_host_config_stays_admissible() {
+    let mut input = input();
+    input.availability_groups[0].spec.replicas[1].name = r"SQL1\A".into();
+    input.availability_groups[0].spec.replicas.push(AvailabilityReplica {
+        name: "SQL1-A".into(),
+        host: "sql3.corp.example.com".into(),
+        port: 1433,
+        node_name: None,
+    });
+    input.master_groups[0].spec.legacy_service = Some(Default::default());
+    let output = plan(&input);
+    let folders = &output.host_configs["sql-1"].legacy_service_config.as_ref().expect("legacy config").folders;
+    let names: Vec<&str> = folders.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names, ["MSDB-SQL1", "MSDB-SQL1-A"], "each name once (folders is a list-map keyed by name)");
+    let stalled = condition(&output.master_group_statuses[GROUP_KEY].conditions, "Stalled");
+    assert!(
+        output.master_group_statuses[GROUP_KEY]
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Stalled" && c.message.contains("MSDB-SQL1-A")),
+        "the collision is reported: {}",
+        stalled.message
+    );
+}

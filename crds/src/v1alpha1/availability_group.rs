@@ -33,9 +33,6 @@ use crate::common::{SecretKeyRef, SecretRef, SqlTls};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.replicas.all(r, self.replicas.exists_one(o, o.name == r.name))").message("spec.replicas: replica names must be unique; remove the duplicate entry"))]
-#[x_kube(validation = Rule::new("self.replicas.all(r, self.replicas.exists_one(o, o.host == r.host && o.port == r.port))").message("spec.replicas: each replica needs its own host and port; two entries point at the same SQL Server endpoint"))]
-#[x_kube(validation = Rule::new("self.replicas.all(r, !has(r.nodeName) || self.replicas.exists_one(o, has(o.nodeName) && o.nodeName == r.nodeName))").message("spec.replicas[].nodeName: a Kubernetes node runs at most one replica of the group; fix the duplicate nodeName"))]
 pub struct SsisdbAvailabilityGroupSpec {
     /// Name of the availability group (`sys.availability_groups.name`), e.g. `AG_SSIS`.
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_$#@ .-]*$"))]
@@ -46,9 +43,12 @@ pub struct SsisdbAvailabilityGroupSpec {
     #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_][A-Za-z0-9_$#@.-]*$"))]
     pub database_name: String,
 
-    /// The SQL Server instances that host a replica of the group (1 to 9, names unique). Two or more
-    /// are needed for high availability.
+    /// The SQL Server instances that host a replica of the group (1 to 9). Names are unique (the
+    /// list-map key, enforced by the API server); the operator also requires a distinct host and
+    /// port and a distinct `nodeName` per replica and reports a duplicate as Stalled. Two or more
+    /// replicas are needed for high availability.
     #[schemars(length(min = 1, max = 9))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub replicas: Vec<AvailabilityReplica>,
 
     /// The availability-group listener masters and workers connect through (reference §6 step 4).
@@ -149,8 +149,10 @@ pub struct ListenerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerCreate {
-    /// One static IP per subnet of the cluster (DHCP is not supported for production listeners).
+    /// One static IP per subnet of the cluster (DHCP is not supported for production listeners);
+    /// each address at most once (list-map key).
     #[schemars(length(min = 1, max = 8))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["address".into()]))]
     pub static_ips: Vec<ListenerStaticIp>,
 }
 
@@ -203,7 +205,7 @@ pub struct LoggingLoginSpec {
 }
 
 /// Observed state of the availability group.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct SsisdbAvailabilityGroupStatus {
     /// Generation of the spec this status describes.
@@ -212,6 +214,7 @@ pub struct SsisdbAvailabilityGroupStatus {
     /// kstatus conditions: Ready, Reconciling, Stalled, plus ListenerReady, CatalogKeyReady,
     /// LoggingLoginReady.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// Replica currently primary for the catalog database.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +228,7 @@ pub struct SsisdbAvailabilityGroupStatus {
     pub listener: Option<ObservedListener>,
     /// Per-replica health and readiness of the Scale Out prerequisites.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub replicas: Vec<ReplicaStatus>,
     /// When a change of primary was last observed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -38,7 +38,6 @@ use crate::v1alpha1::master_group::LegacyFolder;
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.certificates.all(c, self.certificates.exists_one(o, o.name == c.name))").message("spec.certificates: item names must be unique"))]
 pub struct HostConfigSpec {
     /// SQL Server major version of the SSIS installation on this node. Service names, the settings
     /// file folder and allowed registry keys are derived from it.
@@ -48,11 +47,14 @@ pub struct HostConfigSpec {
     /// `plan` preview).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["kind".into(), "namespace".into(), "name".into()]))]
     pub contributors: Vec<Contributor>,
 
-    /// Certificates in the LocalMachine stores (reference §7).
+    /// Certificates in the LocalMachine stores (reference §7). Item names are unique: the API
+    /// server enforces it through the list-map key.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 512))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub certificates: Vec<HostCertificate>,
 
     /// Owned keys of MasterSettings.config (reference §2).
@@ -70,16 +72,19 @@ pub struct HostConfigSpec {
     /// Registry values under HKEY_LOCAL_MACHINE (allow-listed keys only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub registry_values: Vec<RegistryValue>,
 
     /// Windows services, by role.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 3))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["role".into()]))]
     pub services: Vec<HostService>,
 
     /// HTTP.SYS SSL bindings of the master port (reference §7, pitfall 5).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["ipPort".into()]))]
     pub http_ssl_bindings: Vec<HttpSslBinding>,
 
     /// The failover-cluster Generic Service role of the master (reference §6 step 7, §11).
@@ -87,7 +92,7 @@ pub struct HostConfigSpec {
     pub cluster_role: Option<ClusterRole>,
 }
 
-/// A custom resource that contributed items to a HostConfig.
+/// A custom resource that contributed items to a HostConfig (all three fields are the list-map key).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct Contributor {
@@ -127,9 +132,8 @@ pub enum Ensure {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.ensure == 'Absent' || has(self.source)").message("certificates[].source is required unless ensure is Absent"))]
 pub struct HostCertificate {
-    /// Stable item name, unique within the HostConfig (used in status and restart triggers). At
-    /// most 128 characters so the uniqueness rule over 512 items stays within the API server's CEL
-    /// cost budget.
+    /// Stable item name, unique within the HostConfig (the list-map key; used in status and
+    /// restart triggers).
     #[schemars(length(min = 1, max = 128))]
     pub name: String,
     /// Target store.
@@ -147,6 +151,7 @@ pub struct HostCertificate {
     /// Accounts granted read access to the private key (the worker service account, pitfall 4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4), inner(length(min = 1, max = 256)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub private_key_readers: Vec<String>,
 }
 
@@ -223,7 +228,7 @@ pub enum RegistryPointerMode {
 }
 
 /// MsDtsSrvr.ini.xml and its registry pointer.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyServiceConfig {
     /// Full path of the config file. Absent: `<Binn>\MsDtsSrvr.ini.xml`. Must be inside an
@@ -233,8 +238,9 @@ pub struct LegacyServiceConfig {
     pub config_file_path: Option<String>,
     /// `StopExecutingPackagesOnShutdown`.
     pub stop_executing_packages_on_shutdown: bool,
-    /// Top-level folders, in order.
+    /// Top-level folders, in order; names are unique (list-map key).
     #[schemars(length(max = 64))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub folders: Vec<LegacyFolder>,
     /// How the `ServiceConfigFile` registry entry is written.
     #[serde(default)]
@@ -323,8 +329,8 @@ pub enum ServiceStartType {
     Disabled,
 }
 
-/// A Windows service of the SSIS installation.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+/// A Windows service of the SSIS installation (one per role: `role` is the list-map key).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HostService {
     /// Which service.
@@ -342,6 +348,7 @@ pub struct HostService {
     /// changes any of them the service is restarted once, after all changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 1024), inner(length(min = 1, max = 300)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub restart_on_change_of: Vec<String>,
     /// Changing this opaque token asks for one restart (e.g. to make a worker reconnect after its
     /// certificate became trusted on the masters).
@@ -372,7 +379,7 @@ pub struct HttpSslBinding {
 }
 
 /// The Generic Service cluster role of the master.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRole {
     /// Role / client access point network name (≤ 15 characters).
@@ -383,17 +390,22 @@ pub struct ClusterRole {
     /// Create the role when missing. Exactly one node of a group is asked to create it; the others
     /// only observe it.
     pub create: bool,
-    /// Static addresses for the client access point.
+    /// Static addresses for the client access point. Atomic: copied as written from the master
+    /// group's `clusterRole.staticAddresses`, which admits them as the user ordered them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(length(min = 1, max = 18)))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub static_addresses: Vec<String>,
-    /// Networks to ignore.
+    /// Networks to ignore. Atomic: copied as written from the master group's
+    /// `clusterRole.ignoreNetworks`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub ignore_networks: Vec<String>,
-    /// Possible owners (Windows computer names).
+    /// Possible owners (Windows computer names, sorted and distinct).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), inner(length(min = 1, max = 63)))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub possible_owners: Vec<String>,
     /// Failover cluster name, when not the local cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,7 +418,7 @@ pub struct ClusterRole {
 // ---------------------------------------------------------------------------------------------
 
 /// Observed state of one Windows node, written by its agent.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct HostConfigStatus {
     /// Generation of the spec the agent last applied.
@@ -414,18 +426,22 @@ pub struct HostConfigStatus {
     pub observed_generation: Option<i64>,
     /// kstatus conditions: Ready, Reconciling, Stalled (refused items).
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The agent reporting this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
     /// Per-item outcome, in apply order.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub items: Vec<ItemStatus>,
     /// Certificates the agent manages or that the spec references, as found in the stores.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["store".into(), "thumbprint".into()]))]
     pub certificates: Vec<ObservedCertificate>,
     /// SSIS services found on the host.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["role".into()]))]
     pub services: Vec<ObservedService>,
     /// Owned keys of MasterSettings.config as found on disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -435,6 +451,7 @@ pub struct HostConfigStatus {
     pub worker_settings: Option<ObservedSettings>,
     /// HTTP.SYS bindings found for the spec's ports.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["ipPort".into()]))]
     pub http_ssl_bindings: Vec<ObservedHttpSslBinding>,
     /// The cluster role as seen from this node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -594,7 +611,7 @@ pub struct ObservedClusterRole {
 }
 
 /// Drift repairs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftStatus {
     /// Number of repairs of local drift since the agent started.
@@ -602,7 +619,8 @@ pub struct DriftStatus {
     /// When drift was last repaired (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repair_time: Option<String>,
-    /// Items repaired last time.
+    /// Items repaired last time (distinct names).
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub last_repaired_items: Vec<String>,
 }

@@ -36,7 +36,6 @@ use crate::common::{CertificateSource, LocalObjectRef, SqlVersion, WindowsAccoun
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.nodes.all(n, self.nodes.exists_one(o, o == n))").message("spec.nodes: node names must be unique; remove the duplicate"))]
 pub struct ScaleOutMasterGroupSpec {
     /// SQL Server major version installed on the master nodes (`140`, `150`, `160`). Service names
     /// and paths are derived from it.
@@ -50,8 +49,8 @@ pub struct ScaleOutMasterGroupSpec {
     pub master_service: MasterServiceSpec,
 
     /// Kubernetes node names of the Windows nodes with the Scale Out Master installed (every
-    /// possible owner of the cluster role): 1 to 16 distinct names; two or more for high
-    /// availability.
+    /// possible owner of the cluster role): 1 to 16 distinct names (a list-type set, so the API
+    /// server refuses a duplicate); two or more for high availability.
     #[schemars(
         length(min = 1, max = 16),
         inner(
@@ -59,6 +58,7 @@ pub struct ScaleOutMasterGroupSpec {
             regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
         )
     )]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub nodes: Vec<String>,
 
     /// The master TLS certificate, shared by every master node (reference §6 steps 2.2 and 3).
@@ -118,7 +118,8 @@ pub struct ClusterRoleSettings {
     #[serde(default = "default_true")]
     pub manage: bool,
     /// Static IPv4 addresses (`a.b.c.d` or `a.b.c.d/prefix`) of the client access point, one per
-    /// cluster network. Networks without DHCP need one here or in `ignoreNetworks`.
+    /// cluster network. Networks without DHCP need one here or in `ignoreNetworks`. Replaced as a
+    /// whole and passed to the cluster role in this order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 8),
@@ -129,10 +130,13 @@ pub struct ClusterRoleSettings {
             )
         )
     )]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub static_addresses: Vec<String>,
     /// Cluster networks to ignore when creating the role (names as `Get-ClusterNetwork` shows them).
+    /// Replaced as a whole.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(length(min = 1, max = 128)))]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub ignore_networks: Vec<String>,
     /// Name of the failover cluster, when not the local one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,16 +163,16 @@ fn default_true() -> bool {
 /// service; run it on every node with a config listing every SQL instance.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.additionalFolders) || self.additionalFolders.all(f, self.additionalFolders.exists_one(o, o.name == f.name))").message("legacyService.additionalFolders: folder names must be unique; rename or remove the duplicate"))]
 #[x_kube(validation = Rule::new("!has(self.additionalFolders) || !has(self.includeAllReplicas) || !self.includeAllReplicas || self.additionalFolders.all(f, !f.name.startsWith('MSDB-'))").message("legacyService.additionalFolders[].name: names starting with MSDB- are reserved for the per-replica folders of includeAllReplicas; choose another name"))]
 #[x_kube(validation = Rule::new("(has(self.includeAllReplicas) && self.includeAllReplicas) || (has(self.additionalFolders) && size(self.additionalFolders) > 0)").message("legacyService: with includeAllReplicas false the package store would list no SQL Server; set includeAllReplicas or add additionalFolders"))]
 pub struct LegacyServiceSettings {
     /// Add one `SqlServerFolder` per replica of the availability group (named `MSDB-<replica>`).
     #[serde(default = "default_true")]
     pub include_all_replicas: bool,
-    /// Extra top-level folders.
+    /// Extra top-level folders; names are unique (list-map key).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub additional_folders: Vec<LegacyFolder>,
     /// Value of `StopExecutingPackagesOnShutdown`.
     #[serde(default = "default_true")]
@@ -202,7 +206,7 @@ pub struct LegacyFolder {
 }
 
 /// Observed state of a master group.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleOutMasterGroupStatus {
     /// Generation of the spec this status describes.
@@ -211,6 +215,7 @@ pub struct ScaleOutMasterGroupStatus {
     /// kstatus conditions: Ready, Reconciling, Stalled, plus CertificateReady, ClusterRoleReady,
     /// CatalogReady.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// `https://<dnsName>:<port>` as written with `catalog.update_master_address`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -229,19 +234,21 @@ pub struct ScaleOutMasterGroupStatus {
     pub rotation: Option<RotationStatus>,
     /// Per-node state.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub nodes: Vec<MasterNodeStatus>,
 }
 
 /// A certificate in use.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     /// SHA-1 thumbprint, upper-case hex (what Windows and the settings files use).
     pub thumbprint: String,
     /// Expiry (RFC 3339).
     pub not_after: String,
-    /// Subject alternative DNS names.
+    /// Subject alternative DNS names, as the certificate lists them.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Atomic)]
     pub dns_names: Vec<String>,
     /// Name of the operator-namespace Secret holding the host material (PFX and public cert).
     #[serde(default, skip_serializing_if = "Option::is_none")]

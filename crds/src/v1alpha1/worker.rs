@@ -38,7 +38,6 @@ use crate::v1alpha1::master_group::RotationStatus;
 #[x_kube(validation = Rule::new("!has(self.certificate.secretRef) || has(self.nodeName)").message("spec.certificate.secretRef gives one certificate and can only be used with spec.nodeName; use certificate.generate for a pool"))]
 #[x_kube(validation = Rule::new("!has(self.nodeSelector) || (has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || (has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)").message("spec.nodeSelector: an empty selector would enroll every Windows node; add matchLabels or matchExpressions (e.g. ssis.sqlops.io/worker-pool: etl)"))]
 #[x_kube(validation = Rule::new("!has(self.nodeSelector) || !has(self.displayName) || self.displayName.contains('{node}')").message("spec.displayName: a pool gives every worker the same display name unless it contains {node}; add {node} (e.g. 'ETL {node}') or remove displayName"))]
-#[x_kube(validation = Rule::new("!has(self.tags) || self.tags.all(t, self.tags.exists_one(o, o == t))").message("spec.tags: tags must be unique; remove the duplicate"))]
 pub struct ScaleOutWorkerSpec {
     /// The `ScaleOutMasterGroup` (same namespace) this worker enrolls with.
     pub master_group_ref: LocalObjectRef,
@@ -55,6 +54,7 @@ pub struct ScaleOutWorkerSpec {
     /// A pool: every Windows node matching this selector is enrolled, including nodes that appear
     /// later; nodes that stop matching are removed (disabled and untrusted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = label_selector_lists_atomic)]
     pub node_selector: Option<LabelSelector>,
 
     /// Whether the workers accept executions (`catalog.enable_worker_agent` /
@@ -74,9 +74,10 @@ pub struct ScaleOutWorkerSpec {
     pub description: Option<String>,
 
     /// Tags set with `catalog.set_worker_agent_property` (joined with `,`, so a tag cannot contain a
-    /// comma). Executions can be targeted at workers by tag.
+    /// comma). Executions can be targeted at workers by tag. Distinct (a list-type set).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 64), regex(pattern = r"^[^,\s]([^,]*[^,\s])?$")))]
+    #[x_kube(merge_strategy = ListMerge::Set)]
     pub tags: Vec<String>,
 
     /// The worker client certificate. `generate` (default) creates one per node; `secretRef` uses
@@ -94,12 +95,34 @@ fn default_true() -> bool {
     true
 }
 
+/// k8s-openapi's `LabelSelector` schema carries no list types; Kubernetes declares
+/// `matchExpressions` and each requirement's `values` as `+listType=atomic`
+/// (k8s.io/apimachinery/pkg/apis/meta/v1/types.go), so say the same here.
+fn label_selector_lists_atomic(schema: &mut schemars::Schema) {
+    fn walk(map: &mut serde_json::Map<String, serde_json::Value>) {
+        if let Some(expressions) = map.get_mut("properties").and_then(|p| p.get_mut("matchExpressions")) {
+            expressions["x-kubernetes-list-type"] = "atomic".into();
+            if let Some(values) = expressions.pointer_mut("/items/properties/values") {
+                values["x-kubernetes-list-type"] = "atomic".into();
+            }
+        }
+        for child in map.values_mut() {
+            match child {
+                serde_json::Value::Object(child) => walk(child),
+                serde_json::Value::Array(items) => items.iter_mut().filter_map(|i| i.as_object_mut()).for_each(walk),
+                _ => {}
+            }
+        }
+    }
+    walk(schema.ensure_object());
+}
+
 fn default_worker_certificate() -> CertificateSource {
     CertificateSource { secret_ref: None, generate: Some(Default::default()) }
 }
 
 /// Observed state of a worker or pool.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema, Default)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleOutWorkerStatus {
     /// Generation of the spec this status describes.
@@ -107,12 +130,14 @@ pub struct ScaleOutWorkerStatus {
     pub observed_generation: Option<i64>,
     /// kstatus conditions: Ready, Reconciling, Stalled.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// `ready/desired` nodes, for the printer column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub summary: Option<String>,
     /// Per-node enrollment state.
     #[serde(default)]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["nodeName".into()]))]
     pub nodes: Vec<WorkerNodeStatus>,
 }
 

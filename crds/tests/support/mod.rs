@@ -26,6 +26,24 @@ pub fn schemas_by_kind() -> BTreeMap<String, Value> {
         .collect()
 }
 
+/// `openAPIV3Schema` of every CRD as committed under `crds/generated/` (what `kubectl apply`, the
+/// chart and `deploy/` install), by kind.
+pub fn generated_schemas_by_kind() -> BTreeMap<String, Value> {
+    let files = yaml_files(&workspace_root().join("crds/generated"));
+    assert!(!files.is_empty(), "crds/generated holds no CRDs");
+    files
+        .iter()
+        .flat_map(|file| load_documents(file))
+        .map(|crd| {
+            let kind = crd.value.pointer("/spec/names/kind").and_then(Value::as_str).expect("CRD kind").to_string();
+            let versions = crd.value.pointer("/spec/versions").and_then(Value::as_array).expect("CRD versions");
+            assert_eq!(versions.len(), 1, "{kind}: one served version");
+            let schema = versions[0].pointer("/schema/openAPIV3Schema").expect("openAPIV3Schema").clone();
+            (kind, schema)
+        })
+        .collect()
+}
+
 /// Convert an OpenAPI v3 (Kubernetes dialect) schema into JSON Schema draft 4 for `jsonschema`:
 /// `nullable: true` becomes a `null` alternative of `type`, and — like `kubectl --validate=strict`
 /// — objects with `properties` reject unknown fields, so a typo in an example is an error rather
@@ -107,8 +125,8 @@ fn valid_object_name(name: &str) -> bool {
 }
 
 /// Admission-style validation of one custom resource: metadata.name, then the OpenAPI schema (after
-/// defaulting, as the API server does), then every CEL rule. Returns `field: message` lines; empty
-/// means accepted.
+/// defaulting, as the API server does), list-type map keys and set items unique, then every CEL
+/// rule. Returns `field: message` lines; empty means accepted.
 pub fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
     let mut errors = Vec::new();
     match object.pointer("/metadata/name").and_then(Value::as_str) {
@@ -120,10 +138,66 @@ pub fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
     for error in validator.iter_errors(&defaulted) {
         errors.push(format!("{}: {}", field_path(error.instance_path().as_str()), error));
     }
+    list_type_errors("", schema, &defaulted, &mut errors);
     if let Err(cel_errors) = kube::core::cel::Validator::new().validate(schema, object, None) {
         errors.extend(cel_errors.iter().map(|e| e.to_string()));
     }
     errors
+}
+
+/// The API server's uniqueness checks of `x-kubernetes-list-type: map` keys and `set` items,
+/// modelled on k8s.io/apiextensions-apiserver/pkg/apiserver/schema/listtype/validation.go: every
+/// later occurrence of a key (map) or item (set) already seen is refused as `<list>[<i>]: Duplicate
+/// value: <key>`, where the key of a list-map item is the object of its key fields. The server runs
+/// this on the defaulted object, so a key left out but defaulted counts with its default.
+pub fn list_type_errors(path: &str, schema: &Value, value: &Value, errors: &mut Vec<String>) {
+    match value {
+        Value::Object(map) => {
+            for (name, child) in map {
+                let child_schema = schema
+                    .pointer(&format!("/properties/{}", name.replace('~', "~0").replace('/', "~1")))
+                    .or_else(|| schema.get("additionalProperties").filter(|a| a.is_object()));
+                if let Some(child_schema) = child_schema {
+                    let child_path = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
+                    list_type_errors(&child_path, child_schema, child, errors);
+                }
+            }
+        }
+        Value::Array(items) => {
+            let identity = |item: &Value| -> Value {
+                match schema.get("x-kubernetes-list-map-keys").and_then(Value::as_array) {
+                    Some(keys) => Value::Object(
+                        keys.iter()
+                            .filter_map(Value::as_str)
+                            .filter_map(|k| item.get(k).map(|v| (k.to_string(), v.clone())))
+                            .collect(),
+                    ),
+                    None => item.clone(),
+                }
+            };
+            if matches!(schema.get("x-kubernetes-list-type").and_then(Value::as_str), Some("map" | "set")) {
+                let mut seen = Vec::new();
+                let mut reported = Vec::new();
+                for (index, item) in items.iter().enumerate() {
+                    let key = identity(item);
+                    if seen.contains(&key) {
+                        if !reported.contains(&key) {
+                            errors.push(format!("{path}[{index}]: Duplicate value: {key}"));
+                            reported.push(key);
+                        }
+                    } else {
+                        seen.push(key);
+                    }
+                }
+            }
+            if let Some(item_schema) = schema.get("items") {
+                for (index, item) in items.iter().enumerate() {
+                    list_type_errors(&format!("{path}[{index}]"), item_schema, item, errors);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 /// One YAML document of a manifest file.

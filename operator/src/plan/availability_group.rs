@@ -56,6 +56,40 @@ fn same_name(a: &str, b: &str) -> bool {
     a.eq_ignore_ascii_case(b)
 }
 
+/// Cross-replica rules the CRD cannot state cheaply: a list-map has one key (`name`), and
+/// checking any other pair of replicas in CEL takes nested list macros, which the API server
+/// costs quadratically. Each finding is (reason, message naming the field and the fix).
+pub fn replica_spec_problems(spec: &SsisdbAvailabilityGroupSpec) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    for (index, replica) in spec.replicas.iter().enumerate() {
+        let earlier = &spec.replicas[..index];
+        // DNS host names compare case-insensitively: SQL1.corp and sql1.corp are one endpoint.
+        if let Some(first) =
+            earlier.iter().position(|o| o.host.eq_ignore_ascii_case(&replica.host) && o.port == replica.port)
+        {
+            problems.push((
+                "DuplicateReplicaEndpoint",
+                format!(
+                    "spec.replicas[{index}]: host {} port {} is already spec.replicas[{first}] ({}); each replica needs its own SQL Server endpoint, fix the host or port of one of them",
+                    replica.host, replica.port, spec.replicas[first].name
+                ),
+            ));
+        }
+        if let Some(node) = &replica.node_name
+            && let Some(first) = earlier.iter().position(|o| o.node_name.as_ref() == Some(node))
+        {
+            problems.push((
+                "DuplicateReplicaNode",
+                format!(
+                    "spec.replicas[{index}].nodeName: node {node} already runs spec.replicas[{first}] ({}); a Kubernetes node runs at most one replica of the group, fix the nodeName of one of them",
+                    spec.replicas[first].name
+                ),
+            ));
+        }
+    }
+    problems
+}
+
 /// Plan one SsisdbAvailabilityGroup: its SQL actions (in order) and its status.
 pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGroup) {
     let input = pass.input;
@@ -95,6 +129,10 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
         findings
             .stall("NoReplicas", "spec.replicas is empty; list every SQL Server instance of the availability group");
     }
+    let replica_problems = replica_spec_problems(spec);
+    for (reason, message) in &replica_problems {
+        findings.stall(reason, message.clone());
+    }
 
     let mut status = SsisdbAvailabilityGroupStatus {
         observed_generation: ag.metadata.generation,
@@ -109,6 +147,14 @@ pub(crate) fn plan_availability_group(pass: &mut Pass, ag: &SsisdbAvailabilityGr
     });
 
     match input.catalogs.get(&key) {
+        // Nothing is done in SQL for a spec the CRD used to refuse (see replica_spec_problems).
+        Some(_) if !replica_problems.is_empty() => {
+            status.replicas = spec
+                .replicas
+                .iter()
+                .map(|r| unknown_replica(&r.name, "not reconciled: spec.replicas is invalid"))
+                .collect();
+        }
         None => {
             findings.progress(
                 "ObservingCatalog",

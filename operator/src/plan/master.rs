@@ -243,6 +243,22 @@ pub(crate) fn plan_master_group(
                 }
             }
             folders.extend(legacy.additional_folders.iter().cloned());
+            // `folders` is a list-map keyed by name: the API server refuses a HostConfig that
+            // repeats one. Replica names `A\B` and `A-B` both give `MSDB-A-B`; keep the first.
+            let mut names = BTreeSet::new();
+            folders.retain(|folder| {
+                let first = names.insert(folder.name.clone());
+                if !first {
+                    findings.stall(
+                        "LegacyFolderNameCollision",
+                        format!(
+                            "spec.legacyService: two package-store folders would be named {}; rename a replica or an additionalFolders entry so every folder name is distinct",
+                            folder.name
+                        ),
+                    );
+                }
+                first
+            });
             items.legacy_service_config = Some(LegacyServiceConfig {
                 config_file_path: None,
                 stop_executing_packages_on_shutdown: legacy.stop_executing_packages_on_shutdown,
