@@ -101,6 +101,44 @@ pub struct LocalObjectRef {
     pub name: String,
 }
 
+/// Optional structs that the operator or the agent write with server-side apply follow one
+/// convention: an empty object means the same as an absent field.
+///
+/// When a field manager stops sending an optional struct, the API server removes the struct's
+/// fields; servers with structured-merge-diff #306 (2025-10, in Kubernetes 1.35/1.36 until its
+/// revert, #330/#331) then keep the struct as `{}` instead of removing it. With required fields
+/// that object is refused (`spec.workerSettings.masterEndpoint: Required value`, the 422 a
+/// v1.36.2 server answered), so such structs declare no required fields in the schema
+/// ([`optional_object`]) and read `{}` back as `None` ([`empty_as_none`]). Completeness is the
+/// writer's: the Rust types still need every field, and the agent validates what it applies.
+pub fn optional_object(schema: &mut schemars::Schema) {
+    if let Some(object) = schema.as_object_mut() {
+        object.remove("required");
+    }
+}
+
+/// `deserialize_with` for an `Option` of an [`optional_object`] struct: `null` and a hollow object
+/// (whose fields are all empty objects or lists, as nested emptied structs and sets are kept too)
+/// are `None`.
+pub fn empty_as_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    fn hollow(value: &serde_json::Value) -> bool {
+        match value {
+            serde_json::Value::Object(fields) => fields.values().all(hollow),
+            serde_json::Value::Array(items) => items.is_empty(),
+            _ => false,
+        }
+    }
+    match Option::<serde_json::Value>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(value) if value.is_null() || (value.is_object() && hollow(&value)) => Ok(None),
+        Some(value) => serde_json::from_value(value).map(Some).map_err(serde::de::Error::custom),
+    }
+}
+
 /// A Windows account with its password held in a Secret.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
 #[serde(rename_all = "camelCase")]

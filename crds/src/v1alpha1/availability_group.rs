@@ -224,7 +224,7 @@ pub struct SsisdbAvailabilityGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Observed listener.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub listener: Option<ObservedListener>,
     /// Per-replica health and readiness of the Scale Out prerequisites.
     #[serde(default)]
@@ -241,6 +241,7 @@ pub struct SsisdbAvailabilityGroupStatus {
 
 /// Observed listener.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedListener {
     /// Listener network name.

@@ -11,7 +11,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{SqlVersion, WindowsAccount};
+use crate::common::{SecretKeyRef, SqlVersion};
 use crate::v1alpha1::master_group::LegacyFolder;
 
 /// Desired state of one Windows node.
@@ -58,15 +58,15 @@ pub struct HostConfigSpec {
     pub certificates: Vec<HostCertificate>,
 
     /// Owned keys of MasterSettings.config (reference §2).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub master_settings: Option<MasterSettings>,
 
     /// Owned keys of WorkerSettings.config (reference §3).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub worker_settings: Option<WorkerSettings>,
 
     /// MsDtsSrvr.ini.xml of the legacy SSIS service and its registry pointer (reference §4).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub legacy_service_config: Option<LegacyServiceConfig>,
 
     /// Registry values under HKEY_LOCAL_MACHINE (allow-listed keys only).
@@ -88,7 +88,7 @@ pub struct HostConfigSpec {
     pub http_ssl_bindings: Vec<HttpSslBinding>,
 
     /// The failover-cluster Generic Service role of the master (reference §6 step 7, §11).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub cluster_role: Option<ClusterRole>,
 }
 
@@ -146,7 +146,7 @@ pub struct HostCertificate {
     #[serde(default)]
     pub ensure: Ensure,
     /// Where the certificate material is (a Secret in the agent's namespace).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub source: Option<CertificateMaterialRef>,
     /// Accounts granted read access to the private key (the worker service account, pitfall 4).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -159,9 +159,10 @@ pub struct HostCertificate {
 /// certificate is imported with its private key; otherwise only the public certificate
 /// (`certificateKey`, DER or PEM) is imported.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.pfxKey) == has(self.pfxPasswordKey)").message("source: pfxKey and pfxPasswordKey go together"))]
-#[x_kube(validation = Rule::new("has(self.pfxKey) || has(self.certificateKey)").message("source: set certificateKey (public certificate) or pfxKey + pfxPasswordKey (with private key)"))]
+#[x_kube(validation = Rule::new("!has(self.secretName) || has(self.pfxKey) || has(self.certificateKey)").message("source: set certificateKey (public certificate) or pfxKey + pfxPasswordKey (with private key)"))]
 pub struct CertificateMaterialRef {
     /// Secret name (in the agent's namespace).
     #[schemars(
@@ -185,6 +186,7 @@ pub struct CertificateMaterialRef {
 
 /// Owned keys of MasterSettings.config. Every other key in the file is preserved.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct MasterSettings {
     /// `SqlServerName`: `<AG listener>,<port>` in HA (reference §6 step 5).
@@ -200,6 +202,7 @@ pub struct MasterSettings {
 
 /// Owned keys of WorkerSettings.config. Every other key (including `AgentId`) is preserved.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct WorkerSettings {
     /// `MasterEndpoint`: `https://<master DNS>:<port>`.
@@ -229,6 +232,7 @@ pub enum RegistryPointerMode {
 
 /// MsDtsSrvr.ini.xml and its registry pointer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct LegacyServiceConfig {
     /// Full path of the config file. Absent: `<Binn>\MsDtsSrvr.ini.xml`. Must be inside an
@@ -329,6 +333,20 @@ pub enum ServiceStartType {
     Disabled,
 }
 
+/// The logon account of a service: the account name and the Secret (in the agent's namespace)
+/// holding its password. An empty object means no logon (see [`crate::common::optional_object`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceLogon {
+    /// Account in `DOMAIN\user` or `user@domain` form.
+    #[schemars(length(min = 3, max = 256), regex(pattern = r"^([^\\@\s]+\\[^\\@\s]+|[^\\@\s]+@[^\\@\s]+)$"))]
+    pub username: String,
+    /// Secret key holding the account's password. Never copied into status, Events or logs.
+    #[schemars(transform = crate::common::optional_object)]
+    pub password_secret_ref: SecretKeyRef,
+}
+
 /// A Windows service of the SSIS installation (one per role: `role` is the list-map key).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
 #[serde(rename_all = "camelCase")]
@@ -341,8 +359,8 @@ pub struct HostService {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start_type: Option<ServiceStartType>,
     /// Logon account; the password Secret is in the agent's namespace. Absent leaves it unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logon: Option<WindowsAccount>,
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
+    pub logon: Option<ServiceLogon>,
     /// Names of items this service reads at start (`masterSettings`, `workerSettings`,
     /// `legacyServiceConfig`, `certificate/<name>`, `httpSslBinding/<ipPort>`): when the agent
     /// changes any of them the service is restarted once, after all changes.
@@ -380,6 +398,7 @@ pub struct HttpSslBinding {
 
 /// The Generic Service cluster role of the master.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterRole {
     /// Role / client access point network name (≤ 15 characters).
@@ -429,7 +448,7 @@ pub struct HostConfigStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// The agent reporting this status.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentInfo>,
     /// Per-item outcome, in apply order.
     #[serde(default)]
@@ -444,25 +463,26 @@ pub struct HostConfigStatus {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["role".into()]))]
     pub services: Vec<ObservedService>,
     /// Owned keys of MasterSettings.config as found on disk.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub master_settings: Option<ObservedSettings>,
     /// Owned keys of WorkerSettings.config as found on disk, plus `AgentId`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub worker_settings: Option<ObservedSettings>,
     /// HTTP.SYS bindings found for the spec's ports.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["ipPort".into()]))]
     pub http_ssl_bindings: Vec<ObservedHttpSslBinding>,
     /// The cluster role as seen from this node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub cluster_role: Option<ObservedClusterRole>,
     /// Local drift the agent found and repaired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub drift: Option<DriftStatus>,
 }
 
 /// Identity and liveness of the agent.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct AgentInfo {
     /// Agent version.
@@ -575,6 +595,7 @@ pub struct ObservedService {
 
 /// Owned settings as found in a settings file (key → value), plus the detected format.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedSettings {
     /// `Json` or `Xml` (detected from the first non-blank character), or `Missing`.
@@ -596,6 +617,7 @@ pub struct ObservedHttpSslBinding {
 
 /// The cluster role as seen from one node.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservedClusterRole {
     /// Role name.
@@ -612,6 +634,7 @@ pub struct ObservedClusterRole {
 
 /// Drift repairs.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct DriftStatus {
     /// Number of repairs of local drift since the agent started.

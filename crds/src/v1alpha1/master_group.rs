@@ -227,10 +227,10 @@ pub struct ScaleOutMasterGroupStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_node: Option<String>,
     /// The certificate the masters serve.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
     /// Progress of a master certificate rotation.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub rotation: Option<RotationStatus>,
     /// Per-node state.
     #[serde(default)]
@@ -240,6 +240,7 @@ pub struct ScaleOutMasterGroupStatus {
 
 /// A certificate in use.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct CertificateStatus {
     /// SHA-1 thumbprint, upper-case hex (what Windows and the settings files use).
@@ -284,6 +285,7 @@ pub enum RotationPhase {
 
 /// Progress of a certificate rotation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[schemars(transform = crate::common::optional_object)]
 #[serde(rename_all = "camelCase")]
 pub struct RotationStatus {
     /// Current phase.

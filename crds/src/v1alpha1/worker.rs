@@ -190,7 +190,7 @@ pub struct WorkerNodeStatus {
     pub rotating_to_thumbprint: Option<String>,
     /// Progress of a worker certificate rotation: `TrustingNew` (new certificate trusted on every
     /// master node) → `SwitchingWorkers` (`WorkerHttpsCertThumbprint` switched) → `RemovingOld`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub certificate_rotation: Option<RotationStatus>,
     /// Human-readable detail.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use ssis_crds::{
     CertStore, CertificateStatus, ClusterRole, Contributor, Ensure, HostConfigSpec, HostService, HttpSslBinding,
     LegacyFolder, LegacyServiceConfig, MasterNodeStatus, MasterSettings, RegistryPointerMode, RegistryValue,
-    RegistryValueType, RotationPhase, ScaleOutMasterGroup, ScaleOutMasterGroupStatus, SecretKeyRef, ServiceRole,
-    ServiceRunState, ServiceStartType, SqlVersion, SsisdbAvailabilityGroup, WindowsAccount, host_secret_keys,
+    RegistryValueType, RotationPhase, ScaleOutMasterGroup, ScaleOutMasterGroupStatus, SecretKeyRef, ServiceLogon,
+    ServiceRole, ServiceRunState, ServiceStartType, SqlVersion, SsisdbAvailabilityGroup, host_secret_keys,
 };
 
 use super::availability_group::{check_secret_key, listener_server_name};
@@ -44,7 +44,7 @@ pub struct MasterGroupPlan {
 }
 
 /// The master service account's password, copied into the operator namespace for the agents.
-fn logon_account(pass: &mut Pass, group: &ScaleOutMasterGroup, key: &str, findings: &mut Findings) -> WindowsAccount {
+fn logon_account(pass: &mut Pass, group: &ScaleOutMasterGroup, key: &str, findings: &mut Findings) -> ServiceLogon {
     let account = &group.spec.service_account;
     let namespace = namespace_of(&group.metadata);
     let secret = &account.password_secret_ref;
@@ -67,7 +67,7 @@ fn logon_account(pass: &mut Pass, group: &ScaleOutMasterGroup, key: &str, findin
             },
         );
     }
-    WindowsAccount {
+    ServiceLogon {
         username: account.username.clone(),
         password_secret_ref: SecretKeyRef { name: copy_name, key: host_secret_keys::PASSWORD.into() },
     }

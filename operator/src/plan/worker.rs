@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ssis_crds::{
     CertStore, Contributor, Ensure, HostConfigSpec, HostService, RotationPhase, RotationStatus, ScaleOutWorker,
-    ScaleOutWorkerStatus, SecretKeyRef, ServiceRole, ServiceRunState, ServiceStartType, SqlVersion, WindowsAccount,
+    ScaleOutWorkerStatus, SecretKeyRef, ServiceLogon, ServiceRole, ServiceRunState, ServiceStartType, SqlVersion,
     WorkerNodeStatus, WorkerPhase, WorkerSettings, host_secret_keys,
 };
 
@@ -131,7 +131,7 @@ struct WorkerContext<'a> {
     namespace: String,
     group: Option<&'a MasterGroupPlan>,
     catalog: Option<(ObjectKey, &'a CatalogObservation)>,
-    logon: Option<WindowsAccount>,
+    logon: Option<ServiceLogon>,
     key_readers: Vec<String>,
     contributor: Contributor,
 }
@@ -198,7 +198,7 @@ pub(crate) fn plan_worker(
                 },
             );
         }
-        WindowsAccount {
+        ServiceLogon {
             username: account.username.clone(),
             password_secret_ref: SecretKeyRef { name: copy_name, key: host_secret_keys::PASSWORD.into() },
         }
