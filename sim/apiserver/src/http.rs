@@ -23,9 +23,47 @@ pub(crate) fn client(shared: Arc<Shared>, identity: Identity) -> kube::Client {
     let service = tower::service_fn(move |request: Request<kube::client::Body>| {
         let shared = shared.clone();
         let identity = identity.clone();
-        async move { serve(shared, identity, request).await }
+        ServedByApiServer(Box::pin(serve(shared, identity, request)))
     });
     kube::Client::new(service, "default")
+}
+
+thread_local! {
+    static IN_API_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is doing the API server's side of a request (a benchmark's
+/// allocator uses this to tell the operator's memory from the server's).
+pub fn in_api_server() -> bool {
+    IN_API_SERVER.try_with(std::cell::Cell::get).unwrap_or(false)
+}
+
+/// Polls the server's side of a request with [`in_api_server`] set.
+struct ServedByApiServer<F>(F);
+
+impl<F: std::future::Future + Unpin> std::future::Future for ServedByApiServer<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let outer = IN_API_SERVER.replace(true);
+        let result = std::pin::Pin::new(&mut self.0).poll(cx);
+        IN_API_SERVER.set(outer);
+        result
+    }
+}
+
+impl<F: futures::Stream + Unpin> futures::Stream for ServedByApiServer<F> {
+    type Item = F::Item;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<F::Item>> {
+        let outer = IN_API_SERVER.replace(true);
+        let result = std::pin::Pin::new(&mut self.0).poll_next(cx);
+        IN_API_SERVER.set(outer);
+        result
+    }
 }
 
 fn full(bytes: Vec<u8>) -> Body {
@@ -217,13 +255,22 @@ async fn serve(
         request.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let method = request.method().clone();
     let body = request.into_body().collect_bytes().await?;
-    let response =
-        match dispatch(&shared, &identity, &target, &method, verb, &query, &content_type, &body, metadata_only) {
-            Ok(response) => response,
-            Err(error) => error_response(&error),
-        };
+    let outcome = dispatch(&shared, &identity, &target, &method, verb, &query, &content_type, &body, metadata_only);
+    let mut refused = None;
+    let response = match outcome {
+        Ok(response) => response,
+        Err(error) => {
+            if matches!(error.code, 400 | 403 | 422) {
+                refused = Some(error.message.clone());
+            }
+            error_response(&error)
+        }
+    };
     {
         let mut ledger = shared.ledger();
+        if let Some(message) = refused {
+            ledger.refused.push((key.clone(), message));
+        }
         *ledger.requests.entry(key.clone()).or_default() += 1;
         if key.is_write() && response.status().is_success() {
             *ledger.writes.entry(key).or_default() += 1;
@@ -457,7 +504,7 @@ fn watch_response(
             }
         }
     });
-    let mut response = Response::new(StreamBody::new(stream).boxed_unsync());
+    let mut response = Response::new(StreamBody::new(ServedByApiServer(Box::pin(stream))).boxed_unsync());
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }

@@ -69,6 +69,9 @@ pub struct Ledger {
     pub requests: BTreeMap<RequestKey, u64>,
     /// Successful writes (2xx) only.
     pub writes: BTreeMap<RequestKey, u64>,
+    /// Requests the server refused as malformed, invalid or forbidden (400, 403, 422), with the
+    /// message: what a real API server would have refused too.
+    pub refused: Vec<(RequestKey, String)>,
     /// Faults injected so far.
     pub faults_injected: u64,
     pub rules: Vec<FaultRule>,

@@ -43,41 +43,89 @@ pub fn merge_applied(live: Option<&Value>, config: &Value, node: Node<'_>) -> Op
             Some(Value::Object(merged))
         }
         (Shape::ListMap(keys), Value::Array(items)) => {
-            let mut merged: Vec<Value> = match live {
-                Some(Value::Array(live)) => live.clone(),
-                _ => vec![],
+            let live: &[Value] = match live {
+                Some(Value::Array(live)) => live,
+                _ => &[],
             };
             let items_node = node.items();
-            for item in items {
-                let key = item_key(item, &keys);
-                let position = key
-                    .as_ref()
-                    .and_then(|key| merged.iter().position(|existing| item_key(existing, &keys).as_ref() == Some(key)));
-                match position {
-                    Some(index) => {
-                        if let Some(value) = merge_applied(Some(&merged[index]), item, items_node) {
-                            merged[index] = value;
-                        }
-                    }
-                    None => merged.extend(merge_applied(None, item, items_node)),
-                }
-            }
+            let key_of = |item: &Value| item_key(item, &keys).unwrap_or_else(|| item.to_string());
+            let merged = merge_list_order(live, items, key_of, |live_item, applied| match applied {
+                Some(applied) => merge_applied(live_item, applied, items_node),
+                None => live_item.cloned(),
+            });
             Some(Value::Array(merged))
         }
         (Shape::Set, Value::Array(items)) => {
-            let mut merged: Vec<Value> = match live {
-                Some(Value::Array(live)) => live.clone(),
-                _ => vec![],
+            let live: &[Value] = match live {
+                Some(Value::Array(live)) => live,
+                _ => &[],
             };
-            for item in items {
-                if !merged.contains(item) {
-                    merged.push(item.clone());
-                }
-            }
+            let merged =
+                merge_list_order(live, items, Value::to_string, |live_item, applied| applied.or(live_item).cloned());
             Some(Value::Array(merged))
         }
         _ => Some(config.clone()),
     }
+}
+
+/// The order of a merged keyed list (structured-merge-diff `mergingWalker.visitListItems`): the
+/// applied items in the applied order, live-only items kept at their place among them. So a
+/// manager that reorders its items reorders them on the server, and applying the same list again
+/// changes nothing.
+fn merge_list_order(
+    live: &[Value],
+    applied: &[Value],
+    key_of: impl Fn(&Value) -> String,
+    merge_item: impl Fn(Option<&Value>, Option<&Value>) -> Option<Value>,
+) -> Vec<Value> {
+    let live_keys: Vec<String> = live.iter().map(&key_of).collect();
+    let applied_keys: Vec<String> = applied.iter().map(&key_of).collect();
+    let in_applied = |key: &String| applied_keys.contains(key);
+    let live_item = |key: &String| live_keys.iter().position(|k| k == key).map(|i| &live[i]);
+    // Items on both sides, in applied order: a live shared item is emitted only when it is next.
+    let mut shared: std::collections::VecDeque<&String> =
+        applied_keys.iter().filter(|key| live_keys.contains(key)).collect();
+    let mut emitted = std::collections::BTreeSet::new();
+    let mut out = vec![];
+    let (mut l, mut r) = (0, 0);
+    while l < live.len() || r < applied.len() {
+        if l < live.len() && r < applied.len() && live_keys[l] == applied_keys[r] {
+            let key = &applied_keys[r];
+            emitted.insert(key.clone());
+            out.extend(merge_item(Some(&live[l]), Some(&applied[r])));
+            if shared.front() == Some(&key) {
+                shared.pop_front();
+            }
+            l += 1;
+            r += 1;
+            continue;
+        }
+        if l < live.len() {
+            let key = &live_keys[l];
+            if !in_applied(key) {
+                out.extend(merge_item(Some(&live[l]), None));
+                l += 1;
+                continue;
+            }
+            if emitted.contains(key) || shared.front().is_some_and(|next| *next != key) {
+                l += 1;
+                continue;
+            }
+        }
+        if r < applied.len() {
+            let key = &applied_keys[r];
+            if emitted.insert(key.clone()) {
+                out.extend(merge_item(live_item(key), Some(&applied[r])));
+            }
+            if shared.front() == Some(&key) {
+                shared.pop_front();
+            }
+            r += 1;
+        } else {
+            l += 1;
+        }
+    }
+    out
 }
 
 #[derive(Default, Debug)]
@@ -204,9 +252,27 @@ mod tests {
         let merged = merge_applied(Some(&live), &config, root).expect("merged");
         assert_eq!(
             merged,
-            json!({ "spec": { "items": [{ "name": "a", "value": "3" }, { "name": "b", "value": "2" }],
-                              "settings": { "a": "x" }, "tags": ["t", "u"] } })
+            json!({ "spec": { "items": [{ "name": "b", "value": "2" }, { "name": "a", "value": "3" }],
+                              "settings": { "a": "x" }, "tags": ["u", "t"] } }),
+            "applied items in the applied order"
         );
+    }
+
+    #[test]
+    fn live_only_items_keep_their_place_among_the_applied_ones() {
+        let key = |v: &Value| v.to_string();
+        let merge = |live: Value, applied: Value| {
+            let (live, applied) = (live.as_array().unwrap().clone(), applied.as_array().unwrap().clone());
+            Value::Array(merge_list_order(&live, &applied, key, |l, a| a.or(l).cloned()))
+        };
+        assert_eq!(merge(json!(["a", "x", "b", "c"]), json!(["a", "b", "c"])), json!(["a", "x", "b", "c"]));
+        assert_eq!(merge(json!(["a", "x", "b"]), json!(["b", "a"])), json!(["x", "b", "a"]));
+        assert_eq!(merge(json!(["a", "b"]), json!(["b", "a"])), json!(["b", "a"]));
+        assert_eq!(merge(json!([]), json!(["b", "a"])), json!(["b", "a"]));
+        assert_eq!(merge(json!(["x", "y"]), json!(["n"])), json!(["x", "y", "n"]));
+        // Applying the same list again changes nothing.
+        let once = merge(json!(["x", "a"]), json!(["b", "a"]));
+        assert_eq!(merge(once.clone(), json!(["b", "a"])), once);
     }
 
     #[test]

@@ -367,6 +367,9 @@ impl State {
     /// Prune, default and validate an object about to be stored; CEL rules see `old` on updates.
     fn admit_shape(&self, resource: &ResourceType, object: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
         let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if resource.group.is_empty() && resource.plural == "secrets" {
+            string_data_into_data(object);
+        }
         if let Some(schema) = &resource.schema {
             validate::prune(object, schema);
             *object = kube_cel::apply_defaults(schema, object);
@@ -960,6 +963,22 @@ fn metadata_errors(resource: &ResourceType, object: &Value) -> Vec<FieldError> {
     }
     let _ = resource;
     errors
+}
+
+/// A Secret's `stringData` is merged into `data` (base64) and never stored (core/v1 Secret
+/// conversion: "stringData ... is write-only").
+fn string_data_into_data(object: &mut Value) {
+    use base64::Engine;
+    let Some(fields) = object.as_object_mut() else { return };
+    let Some(Value::Object(string_data)) = fields.remove("stringData") else { return };
+    let data = fields.entry("data").or_insert_with(|| Value::Object(Map::new()));
+    if !data.is_object() {
+        *data = Value::Object(Map::new());
+    }
+    for (key, value) in string_data {
+        let text = value.as_str().unwrap_or_default();
+        data[&key] = base64::engine::general_purpose::STANDARD.encode(text).into();
+    }
 }
 
 /// Validation of the built-in kinds the project writes, where a real server refuses.

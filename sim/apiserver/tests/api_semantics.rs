@@ -266,6 +266,17 @@ async fn objects_need_an_existing_namespace() {
 }
 
 #[tokio::test]
+async fn secret_string_data_is_stored_as_data() {
+    let server = server(EmptiedContainers::Removed).await;
+    let secrets: Api<Secret> = Api::namespaced(server.client(Identity::new("op", "op")), "ns");
+    let secret: Secret =
+        serde_json::from_value(json!({ "metadata": { "name": "s" }, "stringData": { "password": "pw" } })).unwrap();
+    let stored = secrets.create(&PostParams::default(), &secret).await.unwrap();
+    assert_eq!(stored.string_data, None);
+    assert_eq!(stored.data.unwrap()["password"].0, b"pw".to_vec());
+}
+
+#[tokio::test]
 async fn reflectors_follow_watches_and_selectors() {
     let server = server(EmptiedContainers::Removed).await;
     let api = api(&server, "op");
