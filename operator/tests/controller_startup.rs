@@ -9,7 +9,7 @@ use ssis_operator::controller::{CrdCheckError, check_crds};
 
 #[tokio::test]
 async fn missing_crds_are_named_with_install_instructions() {
-    let client = fake_client(vec![json(&HostConfig::crd())]).await;
+    let client = server_with_crds(&[HostConfig::crd()], vec![]).client(operator_identity());
     let error = check_crds(&client).await.unwrap_err();
     let CrdCheckError::Missing(missing) = &error else { panic!("unexpected {error}") };
     assert_eq!(missing.len(), 3);
@@ -21,12 +21,7 @@ async fn missing_crds_are_named_with_install_instructions() {
 
 #[tokio::test]
 async fn installed_crds_pass() {
-    let client = fake_client(vec![
-        json(&HostConfig::crd()),
-        json(&ScaleOutWorker::crd()),
-        json(&ScaleOutMasterGroup::crd()),
-        json(&SsisdbAvailabilityGroup::crd()),
-    ])
-    .await;
+    let crds = [HostConfig::crd(), ScaleOutWorker::crd(), ScaleOutMasterGroup::crd(), SsisdbAvailabilityGroup::crd()];
+    let client = server_with_crds(&crds, vec![]).client(operator_identity());
     check_crds(&client).await.unwrap();
 }

@@ -125,31 +125,39 @@ async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
     assert_eq!(group.status.unwrap().primary_replica.as_deref(), Some("WIN-SQL-1"));
 }
 
-#[tokio::test]
-async fn resources_with_empty_optional_fields_never_panic() {
-    let mut objects = vec![json(&windows_node("win-1"))];
+#[test]
+fn resources_with_empty_optional_fields_never_panic_the_planner() {
+    // The API server refuses these (empty names, port 70000): they reach the planner only through a
+    // schema gap or an older CRD, and even then it must not panic.
     let mut group = SsisdbAvailabilityGroup::new("empty", Default::default());
     group.metadata.namespace = Some("odd".into());
     group.spec.listener.port = 0;
     group.spec.replicas = vec![AvailabilityReplica { port: 70000, ..Default::default() }];
-    objects.push(json(&group));
     let mut master = ScaleOutMasterGroup::new("empty", Default::default());
     master.metadata.namespace = Some("odd".into());
     master.spec.nodes = vec!["win-1".into(), "missing-node".into()];
-    objects.push(json(&master));
     let mut pool = ScaleOutWorker::new("pool", Default::default());
     pool.metadata.namespace = Some("odd".into());
     pool.spec.node_selector = Some(Default::default());
     pool.spec.certificate = CertificateSource::default();
-    objects.push(json(&pool));
     let mut single = ScaleOutWorker::new("single", Default::default());
     single.metadata.namespace = Some("odd".into());
     single.spec.node_name = Some("win-1".into());
     single.spec.master_group_ref.name = "empty".into();
-    objects.push(json(&single));
-
-    let client = fake_client(objects).await;
-    let (ctx, _) = context(client, FakeCatalog::unreachable());
-    let reports = converge(&ctx, 10).await;
-    assert_eq!(reports.last().unwrap().writes(), 0);
+    let input = ssis_operator::plan::PlanInput {
+        now: start_time(),
+        operator_namespace: OPERATOR_NS.into(),
+        availability_groups: vec![group],
+        master_groups: vec![master],
+        workers: vec![pool, single],
+        nodes: vec![ssis_operator::plan::NodeInfo {
+            name: "win-1".into(),
+            labels: BTreeMap::from([("kubernetes.io/os".to_string(), "windows".to_string())]),
+            windows: true,
+        }],
+        ..Default::default()
+    };
+    let first = ssis_operator::plan::plan(&input);
+    assert_eq!(first.availability_group_statuses.len(), 1);
+    assert_eq!(first.worker_statuses.len(), 2);
 }

@@ -21,12 +21,27 @@ pub async fn converged_examples() -> World {
     world
 }
 
-/// Run to a fixed point or fail with the world's account of what never converged.
+/// Run to a fixed point or fail with the world's account of what never converged. Every request
+/// the operator and the agents sent on the way must be one a real API server accepts.
 pub async fn converge(world: &mut World) -> Convergence {
-    match world.run_until_converged(ROUND_LIMIT).await {
+    let convergence = match world.run_until_converged(ROUND_LIMIT).await {
         Ok(convergence) => convergence,
         Err(explanation) => panic!("{explanation}"),
-    }
+    };
+    assert_no_refused_requests(world);
+    convergence
+}
+
+/// No request of the operator or an agent was refused as invalid (400/403/422).
+pub fn assert_no_refused_requests(world: &World) {
+    let ledger = world.api.ledger();
+    let refused: Vec<String> = ledger
+        .refused
+        .iter()
+        .filter(|(key, _)| key.component != "user")
+        .map(|(key, message)| format!("{} {} {}: {message}", key.component, key.verb, key.resource_path()))
+        .collect();
+    assert!(refused.is_empty(), "requests a real API server refuses:\n{}", refused.join("\n"));
 }
 
 /// Owned keys of a settings file in a node's Binn folder, as on disk.

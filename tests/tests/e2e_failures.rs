@@ -140,9 +140,9 @@ async fn an_operator_restarted_in_every_phase_of_a_master_rotation_finishes_it_o
 #[tokio::test(flavor = "current_thread")]
 async fn api_conflicts_server_errors_and_lost_responses_only_delay_convergence() {
     let mut world = World::from_examples(WorldOptions::default()).await.expect("world");
-    let rule = |fault, component, resource: &str, remaining| FaultRule {
+    let rule = |fault, component: Component, resource: &str, remaining| FaultRule {
         fault,
-        component: Some(component),
+        component: Some(component.name().to_string()),
         resource: Some(resource.to_string()),
         writes_only: true,
         remaining,
@@ -154,7 +154,7 @@ async fn api_conflicts_server_errors_and_lost_responses_only_delay_convergence()
     world.api.inject(rule(ApiFault::Conflict, Component::Operator, "scaleoutworkers", 1));
     world.api.inject(FaultRule {
         fault: ApiFault::ServerError,
-        component: Some(Component::Operator),
+        component: Some(Component::Operator.name().to_string()),
         resource: Some("nodes".into()),
         writes_only: false,
         remaining: 1,

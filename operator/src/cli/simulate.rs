@@ -177,7 +177,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     let totals = &world.totals;
     println!("rounds: {}", world.round);
     for (key, n) in &totals.api {
-        println!("API   {:<8} {:<6} {:<28} {n}", key.component.to_string(), key.verb, key.resource);
+        println!("API   {:<8} {:<6} {:<28} {n}", key.component, key.verb, key.resource);
     }
     for (kind, n) in &totals.sql {
         println!("SQL   {kind:<44} {n}");

@@ -19,8 +19,7 @@ use crate::plan::{CertificateRequestSource, PlanOutput};
 use super::certificates::{SecretData, certificate_secret, parse_certificate_secret};
 use super::dereference::{World, fingerprint};
 use super::{
-    CERTIFICATE_ID_LABEL, Context, FIELD_MANAGER, FINALIZER, ReconcileReport, is_conflict, is_not_found,
-    null_removed_fields, object_key,
+    CERTIFICATE_ID_LABEL, Context, FIELD_MANAGER, FINALIZER, ReconcileReport, is_conflict, is_not_found, object_key,
 };
 
 /// Label marking an operator-namespace copy of a user Secret key (service-account passwords).
@@ -108,14 +107,16 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
         let current = world.managed_secrets.iter().find(|s| s.name_any() == *target);
         let up_to_date = current.is_some_and(|current| {
             let data = current.data.as_ref();
-            data.is_some_and(|d| d.len() == 1 && d.get(&copy.target_key).is_some_and(|v| v.0 == value))
+            // Keys another field manager added stay (server-side apply removes only what this
+            // manager stops sending); agents read the one key they are told to.
+            data.is_some_and(|d| d.get(&copy.target_key).is_some_and(|v| v.0 == value))
                 && current.labels().get(SECRET_COPY_LABEL).map(String::as_str) == Some("true")
                 && current.annotations().get(COPIED_FROM_ANNOTATION) == Some(&copied_from)
         });
         if up_to_date {
             continue;
         }
-        let mut body = json!({
+        let body = json!({
             "apiVersion": "v1",
             "kind": "Secret",
             "metadata": {
@@ -127,10 +128,6 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
             "type": "Opaque",
             "data": BTreeMap::from([(copy.target_key.clone(), k8s_openapi::ByteString(value))]),
         });
-        if let Some(current) = current {
-            let current_data = json!({ "data": current.data.iter().flatten().map(|(k, _)| (k.clone(), ())).collect::<BTreeMap<_, _>>() });
-            null_removed_fields(&current_data, &mut body);
-        }
         match secrets.patch(target, &params, &Patch::Apply(&body)).await {
             Ok(_) => {
                 report.secret_writes += 1;
@@ -142,18 +139,15 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
     }
 }
 
-/// The server-side apply body of a HostConfig; fields the current spec has and the desired one
-/// lacks are sent as null so they are removed.
-pub fn host_config_body(name: &str, desired: &HostConfigSpec, current: Option<&HostConfig>) -> serde_json::Value {
-    let mut spec = serde_json::to_value(desired).unwrap_or_default();
-    if let Some(current) = current {
-        null_removed_fields(&serde_json::to_value(&current.spec).unwrap_or_default(), &mut spec);
-    }
+/// The server-side apply body of a HostConfig: the whole desired object. A field the operator
+/// stops sending is removed by the API server (it owns no other manager), so nothing is ever sent
+/// as null, and every required field is always there.
+pub fn host_config_body(name: &str, desired: &HostConfigSpec) -> serde_json::Value {
     json!({
         "apiVersion": HostConfig::api_version(&()),
         "kind": HostConfig::kind(&()),
         "metadata": { "name": name, "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE } },
-        "spec": spec,
+        "spec": desired,
     })
 }
 
@@ -175,7 +169,7 @@ async fn apply_host_configs<C: Catalog>(
         if current.is_some_and(|current| host_config_current(desired, current)) {
             continue;
         }
-        match api.patch(name, &params, &Patch::Apply(host_config_body(name, desired, current))).await {
+        match api.patch(name, &params, &Patch::Apply(host_config_body(name, desired))).await {
             Ok(_) => {
                 report.host_config_applies += 1;
                 tracing::info!(host_config = %name, "HostConfig applied");
@@ -299,11 +293,27 @@ pub(crate) async fn publish<C: Catalog, K: Resource<DynamicType = ()>>(
     action: &str,
     note: String,
 ) {
-    let event = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+    let event =
+        Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
     match ctx.recorder.publish(&event, &object.object_ref(&())).await {
         Ok(()) => report.events += 1,
         Err(error) => tracing::warn!(%error, reason, "publishing Event failed"),
     }
+}
+
+/// The API server refuses an Event whose note is longer than 1 KiB (events.k8s.io/v1 validation);
+/// long notes (SQL error texts) are cut at a character boundary and marked.
+pub(crate) fn event_note(note: String) -> String {
+    const LIMIT: usize = 1024;
+    const MARK: &str = " …";
+    if note.len() <= LIMIT {
+        return note;
+    }
+    let mut end = LIMIT - MARK.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{MARK}", &note[..end])
 }
 
 /// Add the cleanup finalizer to workers on first sight; remove it once the planner reports the
@@ -432,4 +442,19 @@ fn referenced_by_logon(plan: &PlanOutput, world: &World, name: &str) -> bool {
         .flat_map(|spec| &spec.services)
         .filter_map(|service| service.logon.as_ref())
         .any(|logon| logon.password_secret_ref.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_note;
+
+    #[test]
+    fn event_notes_fit_the_api_servers_limit() {
+        assert_eq!(event_note("short".into()), "short");
+        let long = "é".repeat(600);
+        let cut = event_note(long.clone());
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with(" …"));
+        assert!(long.starts_with(cut.trim_end_matches(" …")));
+    }
 }

@@ -249,21 +249,6 @@ pub(crate) fn is_not_found(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 404)
 }
 
-/// Make a server-side apply body also remove fields that disappeared from the desired object:
-/// every key present in `current` but absent from `desired` is sent as `null`.
-pub(crate) fn null_removed_fields(current: &serde_json::Value, desired: &mut serde_json::Value) {
-    if let (Some(current), Some(desired)) = (current.as_object(), desired.as_object_mut()) {
-        for (key, current_value) in current {
-            match desired.get_mut(key) {
-                None => {
-                    desired.insert(key.clone(), serde_json::Value::Null);
-                }
-                Some(desired_value) => null_removed_fields(current_value, desired_value),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod password_fingerprint_tests {
     use super::*;

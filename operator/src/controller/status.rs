@@ -22,7 +22,7 @@ use crate::plan::{ObjectKey, PlanOutput};
 
 use super::apply::publish;
 use super::dereference::World;
-use super::{Context, FIELD_MANAGER, ReconcileReport, is_conflict, is_not_found, null_removed_fields, object_key};
+use super::{Context, FIELD_MANAGER, ReconcileReport, is_conflict, is_not_found, object_key};
 
 /// A custom resource kind with kstatus conditions in its status.
 pub trait StatusKind:
@@ -89,13 +89,10 @@ pub fn normalize<K: StatusKind>(object: &K, planned: &K::Status) -> K::Status {
     status
 }
 
-/// The server-side apply body of a status; fields that disappeared are sent as null.
-pub fn status_body<K: StatusKind>(object: &K, status: &K::Status) -> serde_json::Value {
-    let mut value = serde_json::to_value(status).unwrap_or_default();
-    if let Some(current) = object.current_status() {
-        null_removed_fields(&serde_json::to_value(current).unwrap_or_default(), &mut value);
-    }
-    json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": value })
+/// The server-side apply body of a status: the whole status (fields that disappeared from it are
+/// removed by the API server because this manager stops sending them).
+pub fn status_body<K: StatusKind>(status: &K::Status) -> serde_json::Value {
+    json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status })
 }
 
 /// Patch every changed status; returns the objects whose status was written, with the old status.
@@ -115,7 +112,7 @@ async fn patch_statuses<C: Catalog, K: StatusKind>(
             continue;
         }
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
-        match api.patch_status(&object.name_any(), &params, &Patch::Apply(status_body(object, &status))).await {
+        match api.patch_status(&object.name_any(), &params, &Patch::Apply(status_body::<K>(&status))).await {
             Ok(_) => {
                 report.status_patches += 1;
                 written.push((object.clone(), object.current_status().cloned(), status));

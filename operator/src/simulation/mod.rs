@@ -219,9 +219,11 @@ impl World {
         let setups = manifests.host_features(&nodes);
         let mut objects = manifests.api_objects();
         objects.extend(nodes.iter().map(|(name, labels)| node_object(name, labels)));
-        let api = SimulatedApi::new(objects).await?;
+        let api = SimulatedApi::new(objects, &options.operator_namespace).await?;
         let catalog = SimulatedCatalog::new();
         let clock = ManualClock::new(options.start);
+        let server_clock = clock.clone();
+        api.server.set_clock(Arc::new(move || server_clock.now()));
         let issuer = Arc::new(SeededIssuer::new(options.seed));
         let recording = RecordingCatalog::new(catalog.clone());
         let ctx = operator_context(&api, &recording, &catalog, &clock, &issuer, &options.operator_namespace);
@@ -298,7 +300,7 @@ impl World {
     /// One round: operator → agents → network → SQL ingest → clock.
     pub async fn step(&mut self) -> RoundReport {
         self.round += 1;
-        let before = self.api.ledger().writes.clone();
+        let before = self.api.writes();
         let mut report = RoundReport { round: self.round, now: self.clock.now(), ..Default::default() };
         if self.operator_running {
             report.operator = Some(self.operator_pass().await);
@@ -312,7 +314,7 @@ impl World {
         let (failures, ingest) = self.network_round();
         report.traffic_failures = failures;
         report.ingest = ingest;
-        report.api_writes = delta(&before, &self.api.ledger().writes);
+        report.api_writes = delta(&before, &self.api.writes());
         self.clock.advance(self.options.round_step);
         self.totals.add(&report);
         self.last = report.clone();
@@ -569,12 +571,7 @@ impl World {
             + std::fmt::Debug,
     {
         let api: Api<K> = Api::namespaced(self.api.client(Component::User), namespace);
-        let object = api.get(name).await.map_err(|e| format!("reading {name}: {e}"))?;
-        if object.meta().finalizers.as_ref().is_none_or(Vec::is_empty) {
-            api.delete(name, &DeleteParams::default()).await.map_err(|e| format!("deleting {name}: {e}"))?;
-            return Ok(());
-        }
-        self.api.mark_deleting(&K::plural(&()), namespace, name, self.clock.now().to_string());
+        api.delete(name, &DeleteParams::default()).await.map_err(|e| format!("deleting {name}: {e}"))?;
         Ok(())
     }
 

@@ -62,7 +62,7 @@ pub fn round_lines(report: &RoundReport) -> Vec<String> {
     let operator_writes: BTreeMap<String, u64> = report
         .api_writes
         .iter()
-        .filter(|(k, _)| k.component == Component::Operator)
+        .filter(|(k, _)| k.component == Component::Operator.name())
         .fold(BTreeMap::new(), |mut all, (k, n)| {
             *all.entry(format!("{} {}", k.verb, k.resource)).or_default() += n;
             all

@@ -1,66 +1,99 @@
-//! Shared fixtures of the controller tests: an in-memory API server (kube-fake-client), a fake SQL
-//! catalog that records actions, and a certificate issuer without cryptography.
+//! Shared fixtures of the controller tests: an in-memory API server that validates like a real
+//! one (`ssis-sim-apiserver`), a fake SQL catalog that records actions, and a certificate issuer
+//! without cryptography.
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::ObjectMeta;
-use kube_fake_client::ClientBuilder;
 use ssis_crds::host_secret_keys;
 use ssis_operator::catalog::{
     Catalog, CatalogError, CatalogObservation, CatalogTarget, SecretString, SecretValue, SqlAction,
 };
 use ssis_operator::controller::{CertificateIssuer, Context, ManualClock, SecretData};
 use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, IssuedCertificate};
-use ssis_operator::simulation::api;
+use ssis_sim_apiserver::{ApiServer, Identity, Options};
 
 pub const OPERATOR_NS: &str = "ssis-system";
 
-/// Namespace under which the cluster-scoped kinds are stored in the in-memory API server.
-pub const CLUSTER_SCOPE_NS: &str = api::CLUSTER_SCOPE_NAMESPACE;
+/// The identity the operator's client sends requests as.
+pub fn operator_identity() -> Identity {
+    Identity::new("operator", format!("system:serviceaccount:{OPERATOR_NS}:ssis-operator"))
+}
 
-/// A fake client with the four kinds registered with status subresources, plus `objects`.
+/// A server serving `crds`, with the operator namespace and every namespace `objects` use, and
+/// `objects` stored.
+pub fn server_with_crds(crds: &[CustomResourceDefinition], objects: Vec<serde_json::Value>) -> ApiServer {
+    let server = ApiServer::new(Options::default());
+    for crd in crds {
+        server.register_crd(crd).expect("CRD registers");
+    }
+    let mut namespaces: BTreeSet<String> =
+        objects.iter().filter_map(|o| o["metadata"]["namespace"].as_str().map(String::from)).collect();
+    namespaces.insert(OPERATOR_NS.to_string());
+    for object in objects.iter().filter(|o| o["kind"] == "Namespace") {
+        namespaces.remove(object["metadata"]["name"].as_str().unwrap_or_default());
+    }
+    for namespace in namespaces {
+        server
+            .seed(serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": namespace } }))
+            .expect("namespace");
+    }
+    for object in objects {
+        server.seed(object.clone()).unwrap_or_else(|e| panic!("storing {object}: {e}"));
+    }
+    server
+}
+
+/// A server with the operator's four CRDs and `objects`.
+pub fn fake_server(objects: Vec<serde_json::Value>) -> ApiServer {
+    let crds: Vec<_> = ssis_crds::generate::all_crds().into_iter().map(|(_, crd)| crd).collect();
+    server_with_crds(&crds, objects)
+}
+
+/// The operator's client of [`fake_server`].
 pub async fn fake_client(objects: Vec<serde_json::Value>) -> kube::Client {
-    cluster_scoped(fake_builder(objects).build().await.expect("fake client"))
+    fake_server(objects).client(operator_identity())
 }
 
-/// kube-fake-client 0.3 registers every custom kind as namespaced, so requests for the
-/// cluster-scoped kinds are rewritten into a fixed namespace (as the simulated world does);
-/// everything else passes through unchanged.
-pub fn cluster_scoped(inner: kube::Client) -> kube::Client {
-    let service = tower::service_fn(move |mut request: http::Request<kube::client::Body>| {
-        let inner = inner.clone();
-        async move {
-            if let Some(path) = api::rewrite_cluster_path(request.uri().path()) {
-                let uri = match request.uri().query() {
-                    Some(query) => format!("{path}?{query}"),
-                    None => path,
-                };
-                *request.uri_mut() = uri.parse().expect("rewritten URI");
-            }
-            inner.send(request).await
-        }
-    });
-    kube::Client::new(service, "default")
+/// A valid master group spec (the example's), for tests that need one to exist.
+pub fn master_group_spec() -> ssis_crds::ScaleOutMasterGroupSpec {
+    serde_json::from_value(serde_json::json!({
+        "sqlVersion": "160",
+        "availabilityGroupRef": { "name": "ag" },
+        "masterService": { "dnsName": "ssis-master.corp.example.com", "port": 8391 },
+        "nodes": ["win-1"],
+        "certificate": { "generate": {} },
+        "serviceAccount": { "username": "CORP\\svc", "passwordSecretRef": { "name": "svc", "key": "password" } },
+        "clusterRole": { "manage": true }
+    }))
+    .expect("a valid master group spec")
 }
 
-/// A cluster-scoped object as stored by [`cluster_scoped`].
-pub fn cluster_json<K: serde::Serialize>(object: &K) -> serde_json::Value {
-    let mut value = json(object);
-    value["metadata"]["namespace"] = serde_json::json!(CLUSTER_SCOPE_NS);
+/// `kubectl delete` of a namespaced object: with finalizers it stays, with a deletionTimestamp.
+pub async fn delete<K>(client: &kube::Client, namespace: &str, name: &str)
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    kube::Api::<K>::namespaced(client.clone(), namespace)
+        .delete(name, &Default::default())
+        .await
+        .expect("delete accepted");
+}
+
+/// An object as JSON with its apiVersion and kind.
+pub fn json<K: serde::Serialize + kube::Resource<DynamicType = ()>>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).expect("serializable");
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
     value
-}
-
-/// The world's builder with managed fields returned, so tests can check field managers.
-pub fn fake_builder(objects: Vec<serde_json::Value>) -> ClientBuilder {
-    api::fake_builder(objects).with_return_managed_fields()
-}
-
-pub fn json<K: serde::Serialize>(object: &K) -> serde_json::Value {
-    serde_json::to_value(object).expect("serializable")
 }
 
 pub fn windows_node(name: &str) -> Node {

@@ -138,7 +138,7 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
     }
 
     // One full operator resync over the converged fleet.
-    let writes_before: u64 = world.api.ledger().writes.values().sum();
+    let writes_before: u64 = world.api.ledger().writes.values().sum::<u64>();
     let live_before = LIVE[OPERATOR].load(Ordering::Relaxed);
     let api_server_before = LIVE[API_SERVER].load(Ordering::Relaxed);
     OPERATOR_PEAK.store(live_before, Ordering::Relaxed);
