@@ -1,7 +1,7 @@
 //! LocalMachine\Root and LocalMachine\My certificate stores (crypt32).
 
 use ssis_crds::CertStore;
-use windows::Win32::Foundation::{HLOCAL, LocalFree};
+use windows::Win32::Foundation::{ERROR_INVALID_PASSWORD, HLOCAL, LocalFree};
 use windows::Win32::Security::Cryptography::{
     CERT_ALT_NAME_INFO, CERT_CONTEXT, CERT_FIND_SHA1_HASH, CERT_HASH_PROP_ID, CERT_KEY_PROV_INFO_PROP_ID,
     CERT_NAME_STR_REVERSE_FLAG, CERT_OPEN_STORE_FLAGS, CERT_QUERY_ENCODING_TYPE, CERT_STORE_ADD_REPLACE_EXISTING,
@@ -20,7 +20,6 @@ use super::util::{code_of, filetime_to_rfc3339, from_wide, hex_upper, map_code, 
 use crate::host::{CertInfo, HostError, SecretString};
 
 const ENCODING: CERT_QUERY_ENCODING_TYPE = CERT_QUERY_ENCODING_TYPE(X509_ASN_ENCODING.0 | PKCS_7_ASN_ENCODING.0);
-const ERROR_INVALID_PASSWORD: u32 = 86;
 /// `CERT_ALT_NAME_DNS_NAME` (wincrypt.h); the crate puts it behind another feature.
 const CERT_ALT_NAME_DNS_NAME: u32 = 3;
 
@@ -187,7 +186,7 @@ pub(crate) fn find(store: &Store, thumbprint: &str) -> Result<Option<Ctx>, HostE
 /// A crypt32 parse failure (CRYPT_E_ASN1_*, NTE_BAD_DATA, ...) means bad material, not an OS fault.
 /// Code 0: Wine fails a wrong password or an unsupported key without setting an error code.
 fn material_error(context: &str, code: u32) -> HostError {
-    if code == 0 || code == ERROR_INVALID_PASSWORD || code & 0xFFFF_0000 == 0x8009_0000 {
+    if code == 0 || code == ERROR_INVALID_PASSWORD.0 || code & 0xFFFF_0000 == 0x8009_0000 {
         HostError::Invalid(format!("{context}: os error {code:#x}"))
     } else {
         map_code(context, code)

@@ -5,26 +5,26 @@
 
 use std::process::Command;
 
-use windows::Win32::Foundation::GetLastError;
+use windows::Win32::Foundation::{
+    ERROR_GROUP_NOT_FOUND, ERROR_MORE_DATA, ERROR_NO_MORE_ITEMS, GetLastError, NO_ERROR, WIN32_ERROR,
+};
 use windows::Win32::Networking::Clustering::{
-    CLUSCTL_RESOURCE_GET_PRIVATE_PROPERTIES, CLUSCTL_RESOURCE_GET_RESOURCE_TYPE, CLUSTER_GROUP_ENUM_CONTAINS,
-    CloseCluster, CloseClusterGroup, CloseClusterResource, ClusterGroupCloseEnum, ClusterGroupEnum,
-    ClusterGroupOpenEnum, ClusterResourceControl, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP,
-    HRESOURCE, OpenCluster, OpenClusterGroup, OpenClusterResource,
+    CLUSCTL_RESOURCE_GET_PRIVATE_PROPERTIES, CLUSCTL_RESOURCE_GET_RESOURCE_TYPE, CLUSPROP_FORMAT_EXPAND_SZ,
+    CLUSPROP_FORMAT_SZ, CLUSPROP_SYNTAX_NAME, CLUSTER_GROUP_ENUM_CONTAINS, CloseCluster, CloseClusterGroup,
+    CloseClusterResource, ClusterGroupCloseEnum, ClusterGroupEnum, ClusterGroupOpenEnum, ClusterResourceControl,
+    ClusterStateRunning, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP, HRESOURCE, OpenCluster,
+    OpenClusterGroup, OpenClusterResource,
 };
 use windows::core::{PCWSTR, PWSTR};
 
 use super::util::{from_wide, map_code, wide};
 use crate::host::{ClusterRoleInfo, ClusterRoleRequest, HostError};
 
-const ERROR_MORE_DATA: u32 = 234;
-const ERROR_NO_MORE_ITEMS: u32 = 259;
-const ERROR_GROUP_NOT_FOUND: u32 = 5013;
-/// NODE_CLUSTER_STATE: ClusterStateRunning.
-const CLUSTER_STATE_RUNNING: u32 = 19;
-const CLUSPROP_SYNTAX_NAME: u32 = 0x0004_0003;
-const CLUSPROP_FORMAT_SZ: u32 = 3;
-const CLUSPROP_FORMAT_EXPAND_SZ: u32 = 4;
+/// The CLUSPROP_SYNTAX value of a property-name record.
+const SYNTAX_NAME: u32 = CLUSPROP_SYNTAX_NAME.0;
+/// The CLUSPROP_FORMAT (low word of a value record's syntax) of string values.
+const FORMAT_SZ: u32 = CLUSPROP_FORMAT_SZ.0 as u32;
+const FORMAT_EXPAND_SZ: u32 = CLUSPROP_FORMAT_EXPAND_SZ.0 as u32;
 
 /// CLUSTER_GROUP_STATE as the names `Get-ClusterGroup` prints (reference §11).
 pub fn cluster_group_state_name(state: i32) -> &'static str {
@@ -122,7 +122,7 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
     let count = dword(0)?;
     let mut off = 4usize;
     for _ in 0..count {
-        if dword(off)? != CLUSPROP_SYNTAX_NAME {
+        if dword(off)? != SYNTAX_NAME {
             return None;
         }
         let len = dword(off + 4)? as usize;
@@ -136,7 +136,7 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
                 break;
             }
             let len = dword(off + 4)? as usize;
-            if value.is_none() && matches!(syntax & 0xFFFF, CLUSPROP_FORMAT_SZ | CLUSPROP_FORMAT_EXPAND_SZ) {
+            if value.is_none() && matches!(syntax & 0xFFFF, FORMAT_SZ | FORMAT_EXPAND_SZ) {
                 value = utf16(off + 8, len);
             }
             off += 8 + len.next_multiple_of(4);
@@ -148,18 +148,18 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
     None
 }
 
-fn last_error() -> u32 {
-    unsafe { GetLastError() }.0
+fn last_error() -> WIN32_ERROR {
+    unsafe { GetLastError() }
 }
 
 /// Unsupported unless this node is a running failover-cluster node.
 fn require_cluster() -> Result<(), HostError> {
     let mut state = 0u32;
     let rc = unsafe { GetNodeClusterState(PCWSTR::null(), &mut state) };
-    if rc != 0 {
+    if rc != NO_ERROR.0 {
         return Err(HostError::Unsupported(format!("failover clustering is not available here (os error {rc})")));
     }
-    if state != CLUSTER_STATE_RUNNING {
+    if state != ClusterStateRunning.0 as u32 {
         return Err(HostError::Unsupported(format!(
             "this node is not a running failover-cluster node (state {state})"
         )));
@@ -211,13 +211,13 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
                 Some(&mut returned),
             )
         };
-        match rc {
-            0 => {
+        match WIN32_ERROR(rc) {
+            NO_ERROR => {
                 buf.truncate(returned as usize);
                 return Ok(buf);
             }
             ERROR_MORE_DATA if returned as usize > buf.len() => buf.resize(returned as usize, 0),
-            code => return Err(code),
+            code => return Err(code.0),
         }
     }
 }
@@ -226,7 +226,7 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
 fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, HostError> {
     let e = unsafe { ClusterGroupOpenEnum(group.0, CLUSTER_GROUP_ENUM_CONTAINS.0 as u32) };
     if e.0 == 0 {
-        return Err(map_code("enumerate cluster group resources", last_error()));
+        return Err(map_code("enumerate cluster group resources", last_error().0));
     }
     let mut found = String::new();
     for index in 0.. {
@@ -234,8 +234,8 @@ fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, Host
         let mut name = vec![0u16; 256];
         let mut len = name.len() as u32;
         let rc = unsafe { ClusterGroupEnum(e, index, &mut kind, PWSTR(name.as_mut_ptr()), &mut len) };
-        if rc != 0 {
-            if rc != ERROR_NO_MORE_ITEMS {
+        if rc != NO_ERROR.0 {
+            if rc != ERROR_NO_MORE_ITEMS.0 {
                 unsafe { ClusterGroupCloseEnum(e) };
                 return Err(map_code("enumerate cluster group resources", rc));
             }
@@ -266,7 +266,7 @@ pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
     require_cluster()?;
     let h = unsafe { OpenCluster(PCWSTR::null()) };
     if h.0 == 0 {
-        return Err(map_code("OpenCluster", last_error()));
+        return Err(map_code("OpenCluster", last_error().0));
     }
     let cluster = Cluster(h);
     let n = wide(name);
@@ -274,7 +274,7 @@ pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
     if g.0 == 0 {
         return match last_error() {
             ERROR_GROUP_NOT_FOUND => Ok(None),
-            code => Err(map_code(&format!("open cluster group {name}"), code)),
+            code => Err(map_code(&format!("open cluster group {name}"), code.0)),
         };
     }
     let group = Group(g);
@@ -434,12 +434,12 @@ mod tests {
     fn property_list_lookup() {
         let mut list = Vec::new();
         list.extend(2u32.to_le_bytes());
-        name_record(&mut list, CLUSPROP_SYNTAX_NAME, "UseNetworkName");
+        name_record(&mut list, SYNTAX_NAME, "UseNetworkName");
         list.extend(0x0001_0002u32.to_le_bytes()); // LIST_VALUE_DWORD
         list.extend(4u32.to_le_bytes());
         list.extend(1u32.to_le_bytes());
         list.extend(0u32.to_le_bytes()); // ENDMARK
-        name_record(&mut list, CLUSPROP_SYNTAX_NAME, "ServiceName");
+        name_record(&mut list, SYNTAX_NAME, "ServiceName");
         name_record(&mut list, 0x0001_0003, "SSISScaleOutMaster160"); // LIST_VALUE_SZ
         list.extend(0u32.to_le_bytes());
         assert_eq!(find_sz_property(&list, "ServiceName").as_deref(), Some("SSISScaleOutMaster160"));

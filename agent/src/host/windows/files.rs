@@ -3,14 +3,16 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use windows::Win32::Foundation::{CloseHandle, GENERIC_WRITE, HANDLE};
+use windows::Win32::Foundation::{
+    CloseHandle, ERROR_ACCESS_DENIED, ERROR_LOCK_VIOLATION, ERROR_SHARING_VIOLATION, GENERIC_WRITE, HANDLE, WIN32_ERROR,
+};
 use windows::Win32::Storage::FileSystem::{
     CREATE_NEW, CopyFileW, CreateFileW, DeleteFileW, FILE_ATTRIBUTE_NORMAL, FILE_SHARE_NONE, FlushFileBuffers,
     MOVEFILE_REPLACE_EXISTING, MOVEFILE_WRITE_THROUGH, MoveFileExW, WriteFile,
 };
 use windows::core::PCWSTR;
 
-use super::util::{ERROR_ACCESS_DENIED, ERROR_LOCK_VIOLATION, ERROR_SHARING_VIOLATION, code_of, map_code, wide};
+use super::util::{code_of, map_code, wide};
 use crate::host::HostError;
 
 /// How often a replace is retried while another process (antivirus, the SSIS service reading its
@@ -46,7 +48,7 @@ pub fn read(path: &str) -> Result<Option<Vec<u8>>, HostError> {
 }
 
 fn retryable(code: u32) -> bool {
-    matches!(code, ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION)
+    matches!(WIN32_ERROR(code), ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION)
 }
 
 /// Run `op` until it succeeds, fails for good, or the retry budget for lock errors is spent.

@@ -1,6 +1,7 @@
 //! HTTP.SYS SSL certificate bindings (`netsh http ... sslcert ipport=...` through httpapi).
 
 use ssis_crds::CertStore;
+use windows::Win32::Foundation::{ERROR_FILE_NOT_FOUND, ERROR_INSUFFICIENT_BUFFER, NO_ERROR, WIN32_ERROR};
 use windows::Win32::Networking::HttpServer::{
     HTTP_INITIALIZE_CONFIG, HTTP_SERVICE_CONFIG_SSL_KEY, HTTP_SERVICE_CONFIG_SSL_PARAM, HTTP_SERVICE_CONFIG_SSL_QUERY,
     HTTP_SERVICE_CONFIG_SSL_SET, HTTPAPI_VERSION, HttpDeleteServiceConfiguration, HttpInitialize,
@@ -10,10 +11,8 @@ use windows::Win32::Networking::HttpServer::{
 use windows::Win32::Networking::WinSock::{AF_INET, IN_ADDR, IN_ADDR_0, SOCKADDR, SOCKADDR_IN};
 use windows::core::{GUID, PWSTR};
 
-use super::util::{ERROR_FILE_NOT_FOUND, hex_upper, map_code, parse_thumbprint, pwstr_to_string, wide};
+use super::util::{hex_upper, map_code, parse_thumbprint, pwstr_to_string, wide};
 use crate::host::{HostError, SslBindingInfo};
-
-const ERROR_INSUFFICIENT_BUFFER: u32 = 122;
 
 /// `a.b.c.d:port` (the only form the HostConfig allows) as address octets and port.
 pub fn parse_ip_port(ip_port: &str) -> Result<([u8; 4], u16), HostError> {
@@ -64,9 +63,9 @@ struct Session;
 impl Session {
     fn new() -> Result<Self, HostError> {
         let v = HTTPAPI_VERSION { HttpApiMajorVersion: 1, HttpApiMinorVersion: 0 };
-        match unsafe { HttpInitialize(v, HTTP_INITIALIZE_CONFIG, None) } {
-            0 => Ok(Session),
-            code => Err(map_code("HttpInitialize", code)),
+        match WIN32_ERROR(unsafe { HttpInitialize(v, HTTP_INITIALIZE_CONFIG, None) }) {
+            NO_ERROR => Ok(Session),
+            code => Err(map_code("HttpInitialize", code.0)),
         }
     }
 }
@@ -114,13 +113,13 @@ pub fn query(ip_port: &str) -> Result<Option<SslBindingInfo>, HostError> {
                 None,
             )
         };
-        match rc {
-            0 => break,
+        match WIN32_ERROR(rc) {
+            NO_ERROR => break,
             ERROR_FILE_NOT_FOUND => return Ok(None),
             ERROR_INSUFFICIENT_BUFFER if needed as usize > buf.len() * 8 => {
                 buf.resize((needed as usize).div_ceil(8), 0)
             }
-            code => return Err(map_code(&context, code)),
+            code => return Err(map_code(&context, code.0)),
         }
     }
     let set = unsafe { &*buf.as_ptr().cast::<HTTP_SERVICE_CONFIG_SSL_SET>() };
@@ -191,20 +190,20 @@ pub fn set(ip_port: &str, thumbprint: &str, store: CertStore, app_id: &str) -> R
     let mut addr = sockaddr(ip_port)?;
     // HTTP.SYS has no update: delete, then add; restore the old binding if the add fails.
     if existing.is_some() {
-        match delete_raw(&mut addr) {
-            0 | ERROR_FILE_NOT_FOUND => {}
-            code => return Err(map_code(&format!("delete SSL binding {ip_port}"), code)),
+        match WIN32_ERROR(delete_raw(&mut addr)) {
+            NO_ERROR | ERROR_FILE_NOT_FOUND => {}
+            code => return Err(map_code(&format!("delete SSL binding {ip_port}"), code.0)),
         }
     }
-    match set_raw(&mut addr, &mut hash, store, app) {
-        0 => Ok(()),
+    match WIN32_ERROR(set_raw(&mut addr, &mut hash, store, app)) {
+        NO_ERROR => Ok(()),
         code => {
             if let Some(old) = existing
                 && let (Ok(mut old_hash), Ok(old_app)) = (parse_thumbprint(&old.thumbprint), parse_guid(&old.app_id))
             {
                 let _ = set_raw(&mut addr, &mut old_hash, old.store, old_app);
             }
-            Err(map_code(&format!("add SSL binding {ip_port}"), code))
+            Err(map_code(&format!("add SSL binding {ip_port}"), code.0))
         }
     }
 }

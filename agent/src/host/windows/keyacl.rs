@@ -4,7 +4,7 @@
 //! Wine does not implement key security descriptors: verified only on real Windows.
 
 use ssis_crds::CertStore;
-use windows::Win32::Foundation::{GENERIC_ALL, GENERIC_READ, HLOCAL, LocalFree};
+use windows::Win32::Foundation::{ERROR_NONE_MAPPED, GENERIC_ALL, GENERIC_READ, HLOCAL, LocalFree, WIN32_ERROR};
 use windows::Win32::Security::Authorization::{
     EXPLICIT_ACCESS_W, GRANT_ACCESS, NO_MULTIPLE_TRUSTEE, SetEntriesInAclW, TRUSTEE_IS_SID, TRUSTEE_IS_UNKNOWN,
     TRUSTEE_W,
@@ -28,7 +28,6 @@ use crate::host::HostError;
 
 const ACCESS_ALLOWED_ACE_TYPE: u8 = 0;
 const SECURITY_DESCRIPTOR_REVISION: u32 = 1;
-const ERROR_NONE_MAPPED: u32 = 1332;
 /// Rights that let an account use the key for TLS: generic read/all, or read-data once mapped.
 const READ_MASK: u32 = GENERIC_READ.0 | GENERIC_ALL.0 | 0x1;
 
@@ -202,7 +201,7 @@ fn sid_of(account: &str) -> Result<Vec<u64>, HostError> {
     // Sizing call: fails with ERROR_INSUFFICIENT_BUFFER by design.
     if let Err(e) = unsafe {
         LookupAccountNameW(PCWSTR::null(), PCWSTR(a.as_ptr()), None, &mut sid_len, None, &mut domain_len, &mut use_)
-    } && code_of(&e) == ERROR_NONE_MAPPED
+    } && code_of(&e) == ERROR_NONE_MAPPED.0
     {
         return Err(HostError::NotFound(format!("account {account}")));
     }
@@ -219,9 +218,9 @@ fn sid_of(account: &str) -> Result<Vec<u64>, HostError> {
             &mut use_,
         )
     }
-    .map_err(|e| match code_of(&e) {
+    .map_err(|e| match WIN32_ERROR(code_of(&e)) {
         ERROR_NONE_MAPPED => HostError::NotFound(format!("account {account}")),
-        code => map_code(&format!("look up account {account}"), code),
+        code => map_code(&format!("look up account {account}"), code.0),
     })?;
     Ok(sid)
 }

@@ -3,6 +3,10 @@
 use std::time::{Duration, Instant};
 
 use ssis_crds::ServiceStartType;
+use windows::Win32::Foundation::{
+    ERROR_INSUFFICIENT_BUFFER, ERROR_SERVICE_ALREADY_RUNNING, ERROR_SERVICE_DATABASE_LOCKED,
+    ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SERVICE_NOT_ACTIVE, WIN32_ERROR,
+};
 use windows::Win32::System::Services::{
     ChangeServiceConfigW, CloseServiceHandle, ControlService, ENUM_SERVICE_TYPE, OpenSCManagerW, OpenServiceW,
     QUERY_SERVICE_CONFIGW, QueryServiceConfigW, QueryServiceStatusEx, SC_HANDLE, SC_MANAGER_CONNECT,
@@ -12,13 +16,8 @@ use windows::Win32::System::Services::{
 };
 use windows::core::PCWSTR;
 
-use super::util::{ERROR_SERVICE_DOES_NOT_EXIST, code_of, map_code, map_err, pwstr_to_string, wide};
+use super::util::{code_of, map_code, map_err, pwstr_to_string, wide};
 use crate::host::{HostError, SecretString, ServiceInfo, ServiceState};
-
-const ERROR_INSUFFICIENT_BUFFER: u32 = 122;
-const ERROR_SERVICE_ALREADY_RUNNING: u32 = 1056;
-const ERROR_SERVICE_DATABASE_LOCKED: u32 = 1055;
-const ERROR_SERVICE_NOT_ACTIVE: u32 = 1062;
 
 /// The SCM reports 1055 while it is busy (e.g. right after boot); give it this long.
 const LOCKED_BUDGET: Duration = Duration::from_secs(30);
@@ -44,7 +43,7 @@ fn open(name: &str, access: u32) -> Result<Option<Sc>, HostError> {
     let n = wide(name);
     match unsafe { OpenServiceW(manager.0, PCWSTR(n.as_ptr()), access) } {
         Ok(h) => Ok(Some(Sc(h))),
-        Err(e) if code_of(&e) == ERROR_SERVICE_DOES_NOT_EXIST => Ok(None),
+        Err(e) if code_of(&e) == ERROR_SERVICE_DOES_NOT_EXIST.0 => Ok(None),
         Err(e) => Err(map_err(&format!("open service {name}"), e)),
     }
 }
@@ -85,7 +84,7 @@ fn config(h: &Sc, name: &str) -> Result<(SERVICE_START_TYPE, String), HostError>
     let mut needed = 0u32;
     match unsafe { QueryServiceConfigW(h.0, None, 0, &mut needed) } {
         Ok(()) => return Err(HostError::Invalid(context)),
-        Err(e) if code_of(&e) == ERROR_INSUFFICIENT_BUFFER => {}
+        Err(e) if code_of(&e) == ERROR_INSUFFICIENT_BUFFER.0 => {}
         Err(e) => return Err(map_err(&context, e)),
     }
     // u64 elements keep the buffer aligned for QUERY_SERVICE_CONFIGW.
@@ -148,10 +147,10 @@ pub fn start(name: &str) -> Result<(), HostError> {
     loop {
         match unsafe { StartServiceW(h.0, None) } {
             Ok(()) => break,
-            Err(e) => match code_of(&e) {
+            Err(e) => match WIN32_ERROR(code_of(&e)) {
                 ERROR_SERVICE_ALREADY_RUNNING => return Ok(()),
                 ERROR_SERVICE_DATABASE_LOCKED if Instant::now() < deadline => std::thread::sleep(POLL * 5),
-                code => return Err(map_code(&format!("start service {name}"), code)),
+                code => return Err(map_code(&format!("start service {name}"), code.0)),
             },
         }
     }
@@ -173,7 +172,7 @@ pub fn stop(name: &str) -> Result<(), HostError> {
     let mut st = SERVICE_STATUS::default();
     match unsafe { ControlService(h.0, SERVICE_CONTROL_STOP, &mut st) } {
         Ok(()) => {}
-        Err(e) if code_of(&e) == ERROR_SERVICE_NOT_ACTIVE => return Ok(()),
+        Err(e) if code_of(&e) == ERROR_SERVICE_NOT_ACTIVE.0 => return Ok(()),
         Err(e) => return Err(map_err(&format!("stop service {name}"), e)),
     }
     // The service may still report Running until its stop handling begins: wait for Stopped.

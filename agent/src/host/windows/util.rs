@@ -1,19 +1,13 @@
 //! Small helpers shared by the Win32 adapters: UTF-16 strings, error mapping, hex, time.
 
-use windows::Win32::Foundation::WIN32_ERROR;
+use windows::Win32::Foundation::{
+    ERROR_ACCESS_DENIED, ERROR_CALL_NOT_IMPLEMENTED, ERROR_FILE_NOT_FOUND, ERROR_LOCK_VIOLATION, ERROR_NOT_SUPPORTED,
+    ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SHARING_VIOLATION, WIN32_ERROR,
+};
 use windows::Win32::System::SystemInformation::{ComputerNamePhysicalNetBIOS, GetComputerNameExW};
 use windows::core::PWSTR;
 
 use crate::host::HostError;
-
-pub const ERROR_FILE_NOT_FOUND: u32 = 2;
-pub const ERROR_PATH_NOT_FOUND: u32 = 3;
-pub const ERROR_ACCESS_DENIED: u32 = 5;
-pub const ERROR_SHARING_VIOLATION: u32 = 32;
-pub const ERROR_LOCK_VIOLATION: u32 = 33;
-pub const ERROR_NOT_SUPPORTED: u32 = 50;
-pub const ERROR_CALL_NOT_IMPLEMENTED: u32 = 120;
-pub const ERROR_SERVICE_DOES_NOT_EXIST: u32 = 1060;
 
 /// NUL-terminated UTF-16 for a `PCWSTR` parameter.
 pub fn wide(s: &str) -> Vec<u16> {
@@ -43,7 +37,8 @@ pub fn code_of(e: &windows::core::Error) -> u32 {
 
 /// Map a Win32 error code to a [`HostError`]. `context` must not contain secret material.
 pub fn map_code(context: &str, code: u32) -> HostError {
-    match code {
+    // HRESULTs that are not Win32 codes (CRYPT_E_*) match none of these constants.
+    match WIN32_ERROR(code) {
         ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_SERVICE_DOES_NOT_EXIST => {
             HostError::NotFound(context.to_string())
         }
