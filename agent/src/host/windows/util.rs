@@ -2,7 +2,8 @@
 
 use windows::Win32::Foundation::{
     ERROR_ACCESS_DENIED, ERROR_CALL_NOT_IMPLEMENTED, ERROR_FILE_NOT_FOUND, ERROR_LOCK_VIOLATION, ERROR_NOT_SUPPORTED,
-    ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SHARING_VIOLATION, WIN32_ERROR,
+    ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DATABASE_LOCKED, ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SHARING_VIOLATION,
+    WIN32_ERROR,
 };
 use windows::Win32::System::SystemInformation::{ComputerNamePhysicalNetBIOS, GetComputerNameExW};
 use windows::core::PWSTR;
@@ -42,9 +43,11 @@ pub fn map_code(context: &str, code: u32) -> HostError {
         ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_SERVICE_DOES_NOT_EXIST => {
             HostError::NotFound(context.to_string())
         }
-        ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION => {
+        // Only a holder letting go makes these succeed later; access denied stays denied.
+        ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION | ERROR_SERVICE_DATABASE_LOCKED => {
             HostError::Busy(format!("{context}: os error {code}"))
         }
+        ERROR_ACCESS_DENIED => HostError::AccessDenied(format!("{context}: os error {code}")),
         ERROR_NOT_SUPPORTED | ERROR_CALL_NOT_IMPLEMENTED => {
             HostError::Unsupported(format!("{context}: os error {code}"))
         }
@@ -142,6 +145,11 @@ mod tests {
         assert!(matches!(map_code("x", 2), HostError::NotFound(_)));
         assert!(matches!(map_code("x", 1060), HostError::NotFound(_)));
         assert!(matches!(map_code("x", 32), HostError::Busy(_)));
+        assert!(matches!(map_code("x", 33), HostError::Busy(_)));
+        assert!(matches!(map_code("x", 1055), HostError::Busy(_)));
+        // A permission problem is not a busy object: retrying unchanged cannot help.
+        assert!(matches!(map_code("x", 5), HostError::AccessDenied(_)));
+        assert_eq!(map_code("open HKLM\\X", 5).to_string(), "access denied: open HKLM\\X: os error 5");
         assert!(matches!(map_code("x", 120), HostError::Unsupported(_)));
         assert!(matches!(map_code("x", 1056), HostError::Os { code: 1056, .. }));
         let e = windows::core::Error::from_hresult(windows::core::HRESULT(0x8007_0005u32 as i32));
