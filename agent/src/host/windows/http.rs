@@ -23,26 +23,17 @@ pub fn parse_ip_port(ip_port: &str) -> Result<([u8; 4], u16), HostError> {
     Ok((ip.octets(), port))
 }
 
-/// A GUID in registry form, with or without braces.
+/// A GUID in registry form, with or without braces (what validation accepts:
+/// [`crate::safety::parse_guid`]).
 pub fn parse_guid(s: &str) -> Result<GUID, HostError> {
-    let invalid = || HostError::Invalid(format!("appId {s:?} is not a GUID"));
-    let t = s.trim().trim_start_matches('{').trim_end_matches('}');
-    let parts: Vec<&str> = t.split('-').collect();
-    let lens = [8, 4, 4, 4, 12];
-    if parts.len() != 5
-        || parts.iter().zip(lens).any(|(p, l)| p.len() != l || !p.bytes().all(|b| b.is_ascii_hexdigit()))
-    {
-        return Err(invalid());
-    }
-    let value = u128::from_str_radix(&parts.concat(), 16).map_err(|_| invalid())?;
-    Ok(GUID::from_u128(value))
+    crate::safety::parse_guid(s.trim())
+        .map(|g| GUID::from_u128(g.as_u128()))
+        .ok_or_else(|| HostError::Invalid(format!("appId {s:?} is not a GUID")))
 }
 
-/// `{XXXXXXXX-XXXX-XXXX-XXXX-XXXXXXXXXXXX}`, as netsh prints an appid.
+/// `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}`, as netsh prints an appid.
 pub fn format_guid(g: &GUID) -> String {
-    let v = g.to_u128();
-    let h = format!("{v:032x}");
-    format!("{{{}-{}-{}-{}-{}}}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    uuid::Uuid::from_u128(g.to_u128()).braced().to_string()
 }
 
 fn store_from_name(name: &str) -> CertStore {
@@ -228,9 +219,21 @@ mod tests {
         assert_eq!(g, GUID::from_u128(0x00112233_4455_6677_8899_aabbccddeeff));
         assert_eq!(format_guid(&g).to_uppercase(), s);
         assert_eq!(parse_guid("00112233-4455-6677-8899-aabbccddeeff").unwrap(), g);
-        for bad in ["", "{0011}", "00112233-4455-6677-8899-AABBCCDDEEFZ", "00112233445566778899AABBCCDDEEFF"] {
+        for bad in [
+            "",
+            "{0011}",
+            "00112233-4455-6677-8899-AABBCCDDEEFZ",
+            "00112233445566778899AABBCCDDEEFF",
+            "{00112233-4455-6677-8899-AABBCCDDEEFF",
+            "urn:uuid:00112233-4455-6677-8899-aabbccddeeff",
+        ] {
             assert!(matches!(parse_guid(bad), Err(HostError::Invalid(_))), "{bad}");
         }
+        // The agent's default appid, field by field as HTTP_SERVICE_CONFIG_SSL_PARAM carries it.
+        let g = parse_guid("{5E1A6D4B-0C0F-4D62-9B37-55515CA1E391}").unwrap();
+        assert_eq!((g.data1, g.data2, g.data3), (0x5E1A_6D4B, 0x0C0F, 0x4D62));
+        assert_eq!(g.data4, [0x9B, 0x37, 0x55, 0x51, 0x5C, 0xA1, 0xE3, 0x91]);
+        assert_eq!(format_guid(&g), "{5e1a6d4b-0c0f-4d62-9b37-55515ca1e391}");
     }
 
     #[test]

@@ -83,24 +83,25 @@ pub fn parse_thumbprint(thumbprint: &str) -> Result<[u8; 20], HostError> {
     Ok(out)
 }
 
-/// FILETIME (100 ns ticks since 1601-01-01 UTC) as RFC 3339 `YYYY-MM-DDTHH:MM:SSZ`.
+/// 100 ns FILETIME ticks per second.
+const TICKS_PER_SECOND: u64 = 10_000_000;
+/// 1601-01-01T00:00:00 UTC, where FILETIME counts from.
+const FILETIME_EPOCH: jiff::civil::DateTime = jiff::civil::date(1601, 1, 1).at(0, 0, 0, 0);
+
+/// A FILETIME (100 ns ticks since 1601-01-01 UTC) as a UTC date and time in whole seconds
+/// (sub-second ticks are dropped). A civil date-time rather than a `jiff::Timestamp`: a timestamp
+/// ends on 9999-12-30, one day before RFC 5280's "no expiration" NotAfter, 9999-12-31T23:59:59Z.
+/// `None` after that, which no X.509 date reaches.
+pub fn filetime_to_utc(ticks: u64) -> Option<jiff::civil::DateTime> {
+    let seconds = i64::try_from(ticks / TICKS_PER_SECOND).ok()?;
+    // A Span, not a SignedDuration: jiff adds the latter within the timestamp range only.
+    FILETIME_EPOCH.checked_add(jiff::Span::new().try_seconds(seconds).ok()?).ok()
+}
+
+/// A FILETIME as RFC 3339 `YYYY-MM-DDTHH:MM:SSZ` (empty when out of range, like an unreadable
+/// date elsewhere in `CertInfo`).
 pub fn filetime_to_rfc3339(ticks: u64) -> String {
-    const TICKS_PER_SEC: u64 = 10_000_000;
-    const SECS_1601_TO_1970: i64 = 11_644_473_600;
-    let secs = (ticks / TICKS_PER_SEC) as i64 - SECS_1601_TO_1970;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    filetime_to_utc(ticks).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 /// NetBIOS name of this computer (what failover-cluster owner nodes are called).
@@ -130,14 +131,38 @@ mod tests {
         assert!(matches!(parse_thumbprint(&"Z".repeat(40)), Err(HostError::Invalid(_))));
     }
 
+    /// The inverse, for the round trip: whole seconds only, as FILETIMEs from certificates are.
+    fn rfc3339_to_filetime(text: &str) -> u64 {
+        let utc = text.strip_suffix('Z').unwrap().parse::<jiff::civil::DateTime>().unwrap();
+        u64::try_from(FILETIME_EPOCH.duration_until(utc).as_secs()).unwrap() * TICKS_PER_SECOND
+    }
+
     #[test]
-    fn filetime_converts_to_utc() {
-        // 1970-01-01T00:00:00Z and 2126-10-29T02:35:02Z (the test certificate's NotAfter).
-        assert_eq!(filetime_to_rfc3339(116_444_736_000_000_000), "1970-01-01T00:00:00Z");
-        let secs_2126: u64 = 4_948_914_902;
-        assert_eq!(filetime_to_rfc3339((secs_2126 + 11_644_473_600) * 10_000_000), "2126-10-29T02:35:02Z");
-        // 2024-02-29T23:59:59Z: a leap day.
-        assert_eq!(filetime_to_rfc3339((1_709_251_199 + 11_644_473_600) * 10_000_000), "2024-02-29T23:59:59Z");
+    fn filetime_epoch_is_1601_utc() {
+        let unix_seconds = "1601-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap().as_second();
+        assert_eq!(unix_seconds, -11_644_473_600);
+        assert_eq!(filetime_to_rfc3339(0), "1601-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn filetime_converts_to_utc_and_round_trips() {
+        // (FILETIME, RFC 3339): the Unix epoch; the test certificate's NotAfter; a leap day;
+        // RFC 5280's "no expiration" NotAfter, the last second X.509 can express.
+        let known = [
+            (116_444_736_000_000_000u64, "1970-01-01T00:00:00Z"),
+            ((4_948_914_902 + 11_644_473_600) * 10_000_000, "2126-10-29T02:35:02Z"),
+            ((1_709_251_199 + 11_644_473_600) * 10_000_000, "2024-02-29T23:59:59Z"),
+            (2_650_467_743_990_000_000, "9999-12-31T23:59:59Z"),
+        ];
+        for (ticks, text) in known {
+            assert_eq!(filetime_to_rfc3339(ticks), text);
+            assert_eq!(rfc3339_to_filetime(text), ticks, "{text}");
+            // Sub-second ticks are dropped, never rounded up.
+            assert_eq!(filetime_to_rfc3339(ticks + TICKS_PER_SECOND - 1), text);
+        }
+        // After 9999-12-31T23:59:59Z: no date rather than a wrong one.
+        assert_eq!(filetime_to_rfc3339(2_650_467_744_000_000_000), "");
+        assert_eq!(filetime_to_rfc3339(u64::MAX), "");
     }
 
     #[test]
