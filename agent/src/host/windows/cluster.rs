@@ -1,5 +1,6 @@
 //! Failover cluster: observe the master's Generic Service role through clusapi, create it with a
-//! one-shot `Add-ClusterGenericServiceRole` (reference §11; clusapi has no one-call equivalent).
+//! one-shot `Add-ClusterGenericServiceRole` (reference §11; clusapi has no one-call equivalent),
+//! run by `powershell.rs` (absolute path, no profile, killed after a timeout).
 //! Wine has no failover cluster: the queries are verified only on real Windows; the pure parts
 //! (state names, property-list parsing, PowerShell quoting and script) are unit-tested.
 
@@ -17,6 +18,7 @@ use windows::Win32::Networking::Clustering::{
 };
 use windows::core::{PCWSTR, PWSTR};
 
+use super::powershell::{POWERSHELL_TIMEOUT, powershell_exe, run_bounded};
 use super::util::{from_wide, map_code, wide};
 use crate::host::{ClusterRoleInfo, ClusterRoleRequest, HostError};
 
@@ -279,10 +281,9 @@ pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
 pub fn create_role(request: &ClusterRoleRequest) -> Result<(), HostError> {
     require_cluster()?;
     let encoded = encode_powershell_command(&add_cluster_role_script(request));
-    let output = Command::new("powershell.exe")
-        .args(["-NoProfile", "-NonInteractive", "-EncodedCommand", &encoded])
-        .output()
-        .map_err(|e| HostError::Unsupported(format!("cannot run powershell.exe: {e}")))?;
+    let mut command = Command::new(powershell_exe()?);
+    command.args(["-NoProfile", "-NonInteractive", "-EncodedCommand", &encoded]);
+    let output = run_bounded(&mut command, "powershell.exe", POWERSHELL_TIMEOUT)?;
     if output.status.success() {
         return Ok(());
     }
