@@ -13,8 +13,8 @@ use windows::Win32::Networking::Clustering::{
     CLUSCTL_RESOURCE_GET_PRIVATE_PROPERTIES, CLUSCTL_RESOURCE_GET_RESOURCE_TYPE, CLUSPROP_FORMAT_EXPAND_SZ,
     CLUSPROP_FORMAT_SZ, CLUSPROP_SYNTAX_NAME, CLUSTER_GROUP_ENUM_CONTAINS, CloseCluster, CloseClusterGroup,
     CloseClusterResource, ClusterGroupCloseEnum, ClusterGroupEnum, ClusterGroupOpenEnum, ClusterResourceControl,
-    ClusterStateRunning, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP, HRESOURCE, OpenCluster,
-    OpenClusterGroup, OpenClusterResource,
+    ClusterStateRunning, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP, HGROUPENUM, HRESOURCE,
+    OpenCluster, OpenClusterGroup, OpenClusterResource,
 };
 use windows::core::{PCWSTR, PWSTR};
 
@@ -138,13 +138,16 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
     None
 }
 
+/// The calling thread's last error; read it right after the failing call.
 fn last_error() -> WIN32_ERROR {
+    // SAFETY: reads a thread-local value; no pointers, no preconditions.
     unsafe { GetLastError() }
 }
 
 /// Unsupported unless this node is a running failover-cluster node.
 fn require_cluster() -> Result<(), HostError> {
     let mut state = 0u32;
+    // SAFETY: a null node name means this node; `state` is a valid out slot.
     let rc = unsafe { GetNodeClusterState(PCWSTR::null(), &mut state) };
     if rc != NO_ERROR.0 {
         return Err(HostError::Unsupported(format!("failover clustering is not available here (os error {rc})")));
@@ -157,9 +160,13 @@ fn require_cluster() -> Result<(), HostError> {
     Ok(())
 }
 
+// Each guard holds one non-null handle returned to this process, owned by the guard alone, and
+// closes it exactly once on drop; nothing else closes it.
+
 struct Cluster(HCLUSTER);
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SAFETY: an open cluster handle owned by this guard (see above).
         unsafe {
             let _ = CloseCluster(self.0);
         }
@@ -169,6 +176,7 @@ impl Drop for Cluster {
 struct Group(HGROUP);
 impl Drop for Group {
     fn drop(&mut self) {
+        // SAFETY: an open group handle owned by this guard (see above).
         unsafe {
             let _ = CloseClusterGroup(self.0);
         }
@@ -178,8 +186,19 @@ impl Drop for Group {
 struct Resource(HRESOURCE);
 impl Drop for Resource {
     fn drop(&mut self) {
+        // SAFETY: an open resource handle owned by this guard (see above).
         unsafe {
             let _ = CloseClusterResource(self.0);
+        }
+    }
+}
+
+struct GroupEnum(HGROUPENUM);
+impl Drop for GroupEnum {
+    fn drop(&mut self) {
+        // SAFETY: an open group enumeration handle owned by this guard (see above).
+        unsafe {
+            let _ = ClusterGroupCloseEnum(self.0);
         }
     }
 }
@@ -189,6 +208,9 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
     let mut buf = vec![0u8; 512];
     loop {
         let mut returned = 0u32;
+        // SAFETY: `res` holds an open resource handle for the call; no input buffer (null, size
+        // 0); the output pointer and size describe `buf` exactly, so the API writes within it or
+        // reports ERROR_MORE_DATA with the size needed in `returned`, a valid out slot.
         let rc = unsafe {
             ClusterResourceControl(
                 res.0,
@@ -214,23 +236,29 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
 
 /// ServiceName of the group's "Generic Service" resource, if it has one.
 fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, HostError> {
+    // SAFETY: `group` holds an open group handle for the call; the type is a documented flag.
     let e = unsafe { ClusterGroupOpenEnum(group.0, CLUSTER_GROUP_ENUM_CONTAINS.0 as u32) };
     if e.0 == 0 {
         return Err(map_code("enumerate cluster group resources", last_error().0));
     }
+    let e = GroupEnum(e);
     let mut found = String::new();
     for index in 0.. {
         let mut kind = 0u32;
         let mut name = vec![0u16; 256];
         let mut len = name.len() as u32;
-        let rc = unsafe { ClusterGroupEnum(e, index, &mut kind, PWSTR(name.as_mut_ptr()), &mut len) };
+        // SAFETY: `e` holds an open enumeration; `name` is a live buffer of `len` u16s (in:
+        // capacity in characters), so a longer name fails with ERROR_MORE_DATA instead of
+        // overflowing; `kind` and `len` are valid out slots.
+        let rc = unsafe { ClusterGroupEnum(e.0, index, &mut kind, PWSTR(name.as_mut_ptr()), &mut len) };
         if rc != NO_ERROR.0 {
             if rc != ERROR_NO_MORE_ITEMS.0 {
-                unsafe { ClusterGroupCloseEnum(e) };
                 return Err(map_code("enumerate cluster group resources", rc));
             }
             break;
         }
+        // SAFETY: `cluster` holds an open cluster handle; on success ClusterGroupEnum wrote a
+        // NUL-terminated name into `name`, which lives across the call.
         let res = unsafe { OpenClusterResource(cluster.0, PCWSTR(name.as_ptr())) };
         if res.0 == 0 {
             continue;
@@ -248,18 +276,20 @@ fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, Host
             break;
         }
     }
-    unsafe { ClusterGroupCloseEnum(e) };
     Ok(found)
 }
 
 pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
     require_cluster()?;
+    // SAFETY: a null name opens the local cluster; the handle is owned by `Cluster` below.
     let h = unsafe { OpenCluster(PCWSTR::null()) };
     if h.0 == 0 {
         return Err(map_code("OpenCluster", last_error().0));
     }
     let cluster = Cluster(h);
     let n = wide(name);
+    // SAFETY: `cluster` holds an open cluster handle; `n` is a NUL-terminated buffer alive for
+    // the call. The handle is owned by `Group` below.
     let g = unsafe { OpenClusterGroup(cluster.0, PCWSTR(n.as_ptr())) };
     if g.0 == 0 {
         return match last_error() {
@@ -270,6 +300,8 @@ pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
     let group = Group(g);
     let mut owner = vec![0u16; 256];
     let mut len = owner.len() as u32;
+    // SAFETY: `group` holds an open group handle; `owner` is a live buffer of `len` u16s (in:
+    // capacity in characters), so the API never writes past it; `len` is a valid out slot.
     let state = unsafe { GetClusterGroupState(group.0, Some(PWSTR(owner.as_mut_ptr())), Some(&mut len)) };
     Ok(Some(ClusterRoleInfo {
         owner_node: from_wide(&owner),

@@ -23,10 +23,13 @@ const PAUSE: Duration = Duration::from_millis(50);
 
 static TEMP_SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// Closes a file handle on drop. Holds a handle CreateFileW returned to this process.
 struct Handle(HANDLE);
 
 impl Drop for Handle {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is an open handle from a successful CreateFileW, owned by this guard
+        // alone, so it is closed exactly once and not used afterwards.
         unsafe {
             let _ = CloseHandle(self.0);
         }
@@ -60,6 +63,9 @@ fn held_elsewhere(code: u32) -> bool {
 /// apart: it fails with a sharing violation when another handle with data or delete access is
 /// open, and succeeds or is denied otherwise.
 fn open_elsewhere(path: &[u16]) -> bool {
+    debug_assert_eq!(path.last(), Some(&0), "path must be NUL-terminated");
+    // SAFETY: `path` is a NUL-terminated UTF-16 buffer (from `wide`) borrowed for the whole call;
+    // security attributes and template are null (allowed). A returned handle is owned by `Handle`.
     let probe = unsafe {
         CreateFileW(PCWSTR(path.as_ptr()), DELETE.0, FILE_SHARE_NONE, None, OPEN_EXISTING, FILE_ATTRIBUTE_NORMAL, None)
     };
@@ -98,6 +104,9 @@ fn with_retry(
 
 /// Write `content` to a new file and flush it to disk before it is renamed over the target.
 fn write_temp(temp: &[u16], content: &[u8], context: &str) -> Result<(), HostError> {
+    debug_assert_eq!(temp.last(), Some(&0), "path must be NUL-terminated");
+    // SAFETY: `temp` is a NUL-terminated UTF-16 buffer (from `wide`) borrowed for the whole call;
+    // security attributes and template are null (allowed). The handle is owned by `Handle` below.
     let handle = unsafe {
         CreateFileW(
             PCWSTR(temp.as_ptr()),
@@ -115,10 +124,14 @@ fn write_temp(temp: &[u16], content: &[u8], context: &str) -> Result<(), HostErr
     while !rest.is_empty() {
         let chunk = &rest[..rest.len().min(1 << 20)];
         let mut written = 0u32;
+        // SAFETY: `handle` is open for writing and outlives the call; the binding passes `chunk`'s
+        // exact length (at most 1 MiB, fits the u32), `written` is a valid out slot, and without
+        // an OVERLAPPED the write is synchronous, so nothing refers to `chunk` afterwards.
         unsafe { WriteFile(handle.0, Some(chunk), Some(&mut written), None) }
             .map_err(|e| map_code(context, code_of(&e)))?;
         rest = &rest[written as usize..];
     }
+    // SAFETY: `handle` is an open, writable handle owned by this function until it drops below.
     unsafe { FlushFileBuffers(handle.0) }.map_err(|e| map_code(context, code_of(&e)))
 }
 
@@ -136,12 +149,14 @@ pub fn write_atomic(path: &str, content: &[u8]) -> Result<(), HostError> {
     let result = (|| {
         write_temp(&temp, content, &context)?;
         if std::path::Path::new(path).exists() {
+            // SAFETY: `target` and `backup` are NUL-terminated buffers that outlive the closure.
             with_retry(&format!("back up {path}"), held_elsewhere, || unsafe {
                 CopyFileW(PCWSTR(target.as_ptr()), PCWSTR(backup.as_ptr()), false)
             })?;
         }
         let in_use =
             |code| held_elsewhere(code) || (WIN32_ERROR(code) == ERROR_ACCESS_DENIED && open_elsewhere(&target));
+        // SAFETY: `temp` and `target` are NUL-terminated buffers that outlive the closure.
         with_retry(&context, in_use, || unsafe {
             MoveFileExW(
                 PCWSTR(temp.as_ptr()),
@@ -152,6 +167,7 @@ pub fn write_atomic(path: &str, content: &[u8]) -> Result<(), HostError> {
     })();
     if result.is_err() {
         // Best effort: the temp file is ours and useless once the replace failed.
+        // SAFETY: `temp` is a NUL-terminated buffer alive for the call.
         let _ = unsafe { DeleteFileW(PCWSTR(temp.as_ptr())) };
     }
     result

@@ -48,12 +48,19 @@ fn store_to_name(store: CertStore) -> &'static str {
     }
 }
 
+/// Size of the first query buffer in u64 words (1 KiB): larger than the fixed struct, so a
+/// successful query always leaves a whole HTTP_SERVICE_CONFIG_SSL_SET at its start.
+const QUERY_BUFFER_WORDS: usize = 128;
+const _: () = assert!(QUERY_BUFFER_WORDS * 8 >= size_of::<HTTP_SERVICE_CONFIG_SSL_SET>());
+
 /// HttpInitialize/HttpTerminate pair for the configuration API.
 struct Session;
 
 impl Session {
     fn new() -> Result<Self, HostError> {
         let v = HTTPAPI_VERSION { HttpApiMajorVersion: 1, HttpApiMinorVersion: 0 };
+        // SAFETY: plain values and a null reserved pointer, as documented for the configuration
+        // API; a success is paired with exactly one HttpTerminate by `Drop`.
         match WIN32_ERROR(unsafe { HttpInitialize(v, HTTP_INITIALIZE_CONFIG, None) }) {
             NO_ERROR => Ok(Session),
             code => Err(map_code("HttpInitialize", code.0)),
@@ -63,6 +70,8 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // SAFETY: a `Session` exists only after HttpInitialize(HTTP_INITIALIZE_CONFIG) succeeded;
+        // this is its one matching HttpTerminate.
         unsafe {
             HttpTerminate(HTTP_INITIALIZE_CONFIG, None);
         }
@@ -89,9 +98,13 @@ pub fn query(ip_port: &str) -> Result<Option<SslBindingInfo>, HostError> {
     };
     let context = format!("query SSL binding {ip_port}");
     // u64 elements keep the output aligned for HTTP_SERVICE_CONFIG_SSL_SET.
-    let mut buf = vec![0u64; 128];
+    let mut buf = vec![0u64; QUERY_BUFFER_WORDS];
     loop {
         let mut needed = 0u32;
+        // SAFETY: `input` and the `addr` it points to live until after the call; the input size
+        // is that of `input`'s type; the output pointer and size describe `buf` exactly (bytes),
+        // so the API writes within it or reports ERROR_INSUFFICIENT_BUFFER; `needed` is a valid
+        // out slot; no OVERLAPPED, so the call completes before returning.
         let rc = unsafe {
             HttpQueryServiceConfiguration(
                 None,
@@ -113,12 +126,23 @@ pub fn query(ip_port: &str) -> Result<Option<SslBindingInfo>, HostError> {
             code => return Err(map_code(&context, code.0)),
         }
     }
+    // SAFETY: on success the buffer starts with an HTTP_SERVICE_CONFIG_SSL_SET written by the
+    // API; `buf` is 8-byte aligned and never smaller than the struct (QUERY_BUFFER_WORDS), and
+    // `set` borrows `buf`, which is not touched again while `set` and the pointers inside live.
     let set = unsafe { &*buf.as_ptr().cast::<HTTP_SERVICE_CONFIG_SSL_SET>() };
     let p = &set.ParamDesc;
-    let hash = unsafe { std::slice::from_raw_parts(p.pSslHash.cast::<u8>(), p.SslHashLength as usize) };
+    let hash: &[u8] = if p.pSslHash.is_null() {
+        &[]
+    } else {
+        // SAFETY: a non-null pSslHash points to SslHashLength bytes the API placed inside `buf`
+        // (after the struct), alive as long as `set`.
+        unsafe { std::slice::from_raw_parts(p.pSslHash.cast::<u8>(), p.SslHashLength as usize) }
+    };
+    // SAFETY: pSslCertStoreName is null or a NUL-terminated string the API placed inside `buf`.
+    let store_name = unsafe { pwstr_to_string(p.pSslCertStoreName) };
     Ok(Some(SslBindingInfo {
         thumbprint: hex_upper(hash),
-        store: store_from_name(&unsafe { pwstr_to_string(p.pSslCertStoreName) }),
+        store: store_from_name(&store_name),
         app_id: format_guid(&p.AppId),
     }))
 }
@@ -135,6 +159,9 @@ fn set_raw(addr: &mut SOCKADDR_IN, hash: &mut [u8; 20], store: CertStore, app_id
             ..Default::default()
         },
     };
+    // SAFETY: `config` and everything it points to (`addr`, `hash`, `store_name`) are borrowed or
+    // owned locals alive until the call returns; the size passed is that of `config`'s type; the
+    // API copies the data and keeps no pointer; no OVERLAPPED, so it completes synchronously.
     unsafe {
         HttpSetServiceConfiguration(
             None,
@@ -151,6 +178,8 @@ fn delete_raw(addr: &mut SOCKADDR_IN) -> u32 {
         KeyDesc: HTTP_SERVICE_CONFIG_SSL_KEY { pIpPort: (addr as *mut SOCKADDR_IN).cast::<SOCKADDR>() },
         ParamDesc: HTTP_SERVICE_CONFIG_SSL_PARAM::default(),
     };
+    // SAFETY: `config` and the `addr` it points to live until the call returns; the size passed
+    // is that of `config`'s type; no OVERLAPPED, so it completes synchronously.
     unsafe {
         HttpDeleteServiceConfiguration(
             None,

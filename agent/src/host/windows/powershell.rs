@@ -39,6 +39,8 @@ const PIPE_GRACE: Duration = Duration::from_secs(5);
 fn system_directory() -> Result<PathBuf, HostError> {
     let mut buf = vec![0u16; 260];
     loop {
+        // SAFETY: the slice is a live, writable buffer and the binding passes its exact length,
+        // so the function writes at most `buf.len()` u16s.
         let len = unsafe { GetSystemDirectoryW(Some(&mut buf)) } as usize;
         if len == 0 {
             return Err(map_err("GetSystemDirectoryW", windows::core::Error::from_thread()));

@@ -181,6 +181,10 @@ fn change_config(
     what: &str,
 ) -> Result<(), HostError> {
     let service = open_existing(name, ServiceAccess::CHANGE_CONFIG)?;
+    // SAFETY: `service` owns an open handle with SERVICE_CHANGE_CONFIG access and outlives the
+    // call (it is closed when `service` drops afterwards). `account` and `password` are null or
+    // point to NUL-terminated buffers the caller keeps alive until this function returns; every
+    // other pointer is null / SERVICE_NO_CHANGE, which the API documents as "leave unchanged".
     unsafe {
         ChangeServiceConfigW(
             SC_HANDLE(service.raw_handle()),
@@ -215,6 +219,8 @@ pub fn set_logon(name: &str, account: &str, password: &SecretString) -> Result<(
         "logon account",
     );
     // Do not leave the password in freed memory.
+    // SAFETY: each `c` is a `&mut u16` into `p`, which is alive here: valid and aligned for one
+    // write. Volatile so the zeroing of a buffer about to be freed is not optimised away.
     p.iter_mut().for_each(|c| unsafe { std::ptr::write_volatile(c, 0) });
     result
 }

@@ -24,9 +24,15 @@ pub fn from_wide(buf: &[u16]) -> String {
 /// A NUL-terminated wide string owned by the OS.
 ///
 /// # Safety
-/// `p` must be null or point to a NUL-terminated UTF-16 string.
+/// `p` must be null or point to a NUL-terminated UTF-16 string that stays valid and unchanged
+/// for the duration of the call (e.g. inside a buffer the caller owns).
 pub unsafe fn pwstr_to_string(p: PWSTR) -> String {
-    if p.is_null() { String::new() } else { String::from_utf16_lossy(unsafe { p.as_wide() }) }
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: `p` is non-null, and the caller guarantees it points to a live NUL-terminated
+    // string; `as_wide` reads up to (not including) the NUL and the slice is copied at once.
+    String::from_utf16_lossy(unsafe { p.as_wide() })
 }
 
 /// The Win32 error code inside a `windows` error (HRESULT_FROM_WIN32 unwrapped; other HRESULTs
@@ -108,9 +114,13 @@ pub fn filetime_to_rfc3339(ticks: u64) -> String {
 pub fn computer_name() -> Result<String, HostError> {
     let mut len = 0u32;
     // First call sizes the buffer (fails with ERROR_MORE_DATA by design).
+    // SAFETY: a null buffer with a valid `len` out-pointer is the documented sizing call; the
+    // function writes only `len`.
     let _ = unsafe { GetComputerNameExW(ComputerNamePhysicalNetBIOS, None, &mut len) };
     let mut buf = vec![0u16; len.max(1) as usize + 1];
     let mut len = buf.len() as u32;
+    // SAFETY: `buf` is a live allocation of exactly `len` u16s (in: capacity in characters), so
+    // the name and its NUL fit; on return `len` is the length written without the NUL.
     unsafe { GetComputerNameExW(ComputerNamePhysicalNetBIOS, Some(PWSTR(buf.as_mut_ptr())), &mut len) }
         .map_err(|e| map_err("GetComputerNameExW", e))?;
     Ok(from_wide(&buf[..len as usize]))
