@@ -279,6 +279,15 @@ pub fn is_thumbprint(value: &str) -> bool {
     value.len() == 40 && value.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
+/// A GUID as Windows tools spell it: `{xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx}` or without the
+/// braces, any hex case. The other forms `uuid` reads (32 bare digits, `urn:uuid:`) are refused.
+pub fn parse_guid(value: &str) -> Option<uuid::Uuid> {
+    if !matches!(value.len(), 36 | 38) {
+        return None;
+    }
+    uuid::Uuid::try_parse(value).ok()
+}
+
 /// A Windows account name in `DOMAIN\user`, `user@domain` or `NT Service\name` form.
 pub fn is_account_name(value: &str) -> bool {
     let value = value.trim();
@@ -398,6 +407,22 @@ mod tests {
     #[test]
     fn thumbprints_and_accounts() {
         assert!(is_thumbprint("0123456789ABCDEF0123456789ABCDEF01234567"));
+        let guid = 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff_u128;
+        assert_eq!(parse_guid("{00112233-4455-6677-8899-AABBCCDDEEFF}").map(|g| g.as_u128()), Some(guid));
+        assert_eq!(parse_guid("00112233-4455-6677-8899-aabbccddeeff").map(|g| g.as_u128()), Some(guid));
+        for bad in [
+            "",
+            "{00112233-4455-6677-8899-aabbccddeeff",
+            "00112233-4455-6677-8899-aabbccddeeff}",
+            "{{00112233-4455-6677-8899-aabbccddeeff}}",
+            "00112233445566778899aabbccddeeff",
+            "urn:uuid:00112233-4455-6677-8899-aabbccddeeff",
+            "0011223-34455-6677-8899-aabbccddeeff",
+            "00112233-4455-6677-8899-aabbccddeefg",
+            " 00112233-4455-6677-8899-aabbccddeef",
+        ] {
+            assert_eq!(parse_guid(bad), None, "{bad}");
+        }
         assert!(!is_thumbprint("0123456789abcdef0123456789abcdef01234567"));
         assert!(is_account_name(r"CORP\svc-ssis"));
         assert!(is_account_name(r"NT Service\SSISScaleOutWorker160"));

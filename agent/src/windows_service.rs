@@ -11,6 +11,9 @@ use std::sync::mpsc::{Receiver, channel};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use windows::Win32::Foundation::{
+    ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SERVICE_EXISTS, ERROR_SERVICE_NOT_ACTIVE, WIN32_ERROR,
+};
 use windows_service::service::{
     ServiceAccess, ServiceAction, ServiceActionType, ServiceControl, ServiceControlAccept, ServiceErrorControl,
     ServiceExitCode, ServiceFailureActions, ServiceFailureResetPeriod, ServiceInfo, ServiceStartType, ServiceState,
@@ -27,10 +30,6 @@ const DESCRIPTION: &str = "Keeps this node's SSIS Scale Out configuration equal 
 /// Command-line word that makes `main` call [`run_as_service`].
 pub const SERVICE_COMMAND: &str = "service";
 
-const ERROR_SERVICE_EXISTS: i32 = 1073;
-const ERROR_SERVICE_DOES_NOT_EXIST: i32 = 1060;
-const ERROR_SERVICE_NOT_ACTIVE: i32 = 1062;
-
 /// The agent loop run by the service: returns when the receiver yields (stop or shutdown).
 pub type ServiceRun = fn(shutdown: Receiver<()>) -> anyhow::Result<()>;
 
@@ -45,9 +44,10 @@ pub fn uninstall() -> anyhow::Result<()> {
     uninstall_named(SERVICE_NAME)
 }
 
-fn os_code(e: &windows_service::Error) -> Option<i32> {
+/// The Win32 error code of a failed SCM call.
+fn os_code(e: &windows_service::Error) -> Option<WIN32_ERROR> {
     match e {
-        windows_service::Error::Winapi(io) => io.raw_os_error(),
+        windows_service::Error::Winapi(io) => io.raw_os_error().map(|code| WIN32_ERROR(code as u32)),
         _ => None,
     }
 }

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 
 use ssis_agent::host::windows::WindowsHost;
 use ssis_agent::host::{Host, HostError};
-
-const FILE_SHARE_READ: u32 = 1;
+use windows::Win32::Storage::FileSystem::{FILE_SHARE_DELETE, FILE_SHARE_READ, FILE_SHARE_WRITE};
 
 fn test_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
@@ -65,7 +64,7 @@ fn replace_while_another_handle_holds_the_file_is_busy_then_succeeds() {
     host.write_file_atomic(p, b"old").unwrap();
 
     // Like a service that opened its settings without FILE_SHARE_DELETE: the rename must fail.
-    let holder = std::fs::OpenOptions::new().read(true).share_mode(FILE_SHARE_READ).open(&path).unwrap();
+    let holder = std::fs::OpenOptions::new().read(true).share_mode(FILE_SHARE_READ.0).open(&path).unwrap();
     let err = host.write_file_atomic(p, b"new").unwrap_err();
     assert!(matches!(err, HostError::Busy(_)), "{err:?}");
     assert_eq!(std::fs::read(&path).unwrap(), b"old", "the target is untouched");
@@ -75,6 +74,45 @@ fn replace_while_another_handle_holds_the_file_is_busy_then_succeeds() {
     host.write_file_atomic(p, b"new").unwrap();
     assert_eq!(std::fs::read(&path).unwrap(), b"new");
     assert_eq!(std::fs::read(dir.join("WorkerSettings.config.bak")).unwrap(), b"old");
+}
+
+#[test]
+fn replace_while_a_handle_shares_everything_is_still_busy() {
+    let mut host = WindowsHost::new();
+    let dir = test_dir("shared");
+    let path = dir.join("WorkerSettings.config");
+    let p = path.to_str().unwrap();
+    host.write_file_atomic(p, b"old").unwrap();
+
+    // Like an antivirus scanner: read access, sharing read, write and delete. A rename over an
+    // open file still fails with ERROR_ACCESS_DENIED, and the agent must see that as busy.
+    let holder = std::fs::OpenOptions::new()
+        .read(true)
+        .share_mode((FILE_SHARE_READ | FILE_SHARE_WRITE | FILE_SHARE_DELETE).0)
+        .open(&path)
+        .unwrap();
+    let err = host.write_file_atomic(p, b"new").unwrap_err();
+    assert!(matches!(err, HostError::Busy(_)), "{err:?}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"old", "the target is untouched");
+
+    drop(holder);
+    host.write_file_atomic(p, b"new").unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+}
+
+#[test]
+fn replace_over_a_folder_is_access_denied_not_busy() {
+    let mut host = WindowsHost::new();
+    let dir = test_dir("folder");
+    // A folder where the settings file should be: Windows answers ERROR_ACCESS_DENIED, and no
+    // other process holds anything, so waiting cannot help. (A read-only target fails the same
+    // way on Windows; Wine replaces read-only files, so that case is not provable here.)
+    let path = dir.join("MasterSettings.config");
+    std::fs::create_dir(&path).unwrap();
+    let err = host.write_file_atomic(path.to_str().unwrap(), b"new").unwrap_err();
+    assert!(matches!(err, HostError::AccessDenied(_)), "{err:?}");
+    assert!(path.is_dir(), "the folder is untouched");
+    assert!(leftovers(&dir).is_empty(), "temp file removed after failure: {:?}", leftovers(&dir));
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ssis_crds::{Ensure, HostConfigSpec, ItemKind, ServiceRole};
 
-use crate::safety::{AllowList, is_account_name, is_thumbprint};
+use crate::safety::{AllowList, is_account_name, is_thumbprint, parse_guid};
 
 /// Status item names (also the vocabulary of `restartOnChangeOf`).
 pub mod item_names {
@@ -89,13 +89,7 @@ fn ip_port_is_valid(ip_port: &str) -> bool {
 }
 
 fn is_guid(value: &str) -> bool {
-    let inner = value.strip_prefix('{').and_then(|v| v.strip_suffix('}')).unwrap_or(value);
-    let groups: Vec<&str> = inner.split('-').collect();
-    groups.len() == 5
-        && groups
-            .iter()
-            .zip([8, 4, 4, 4, 12])
-            .all(|(g, len)| g.len() == len && g.chars().all(|c| c.is_ascii_hexdigit()))
+    parse_guid(value).is_some()
 }
 
 /// Check every item of the spec.

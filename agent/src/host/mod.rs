@@ -17,9 +17,15 @@ pub enum HostError {
     /// The object (service, certificate, key, file) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
-    /// Access was denied or the file is locked by another process (retryable).
-    #[error("access denied or busy: {0}")]
+    /// Another process holds the object for now (a sharing or lock violation on a file, the
+    /// service database locked): transient, a later attempt can succeed unchanged.
+    #[error("busy: {0}")]
     Busy(String),
+    /// The agent lacks the right to do this (ERROR_ACCESS_DENIED: an ACL, a read-only file, a
+    /// missing privilege). Not transient: retrying unchanged fails the same way until someone
+    /// changes the rights.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
     /// The material or request is invalid (bad PFX password, wrong thumbprint, parse error).
     #[error("invalid: {0}")]
     Invalid(String),

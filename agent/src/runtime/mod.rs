@@ -30,7 +30,10 @@ use crate::host::Host;
 /// Field manager of every status write.
 pub const FIELD_MANAGER: &str = "ssis-agent";
 
-/// The host shared between the async runtime and the blocking reconcile thread.
+/// The host shared between the async runtime and the blocking reconcile thread. A pass holds
+/// the lock through all of its host calls, so each call must end on its own: the Windows backend
+/// bounds its waits (service start/stop and a locked service database 30 s each, file-replace
+/// retries about 1 s) and kills PowerShell after `host::windows::POWERSHELL_TIMEOUT` (180 s).
 pub type SharedHost = Arc<Mutex<Box<dyn Host>>>;
 
 /// Everything the runtime needs besides the client and the host.

@@ -101,7 +101,10 @@ pub struct HostState {
 
 pub(crate) fn io_error(context: &str, error: std::io::Error) -> HostError {
     match error.kind() {
-        std::io::ErrorKind::PermissionDenied => HostError::Busy(format!("{context}: {error}")),
+        // EBUSY (Linux) / ERROR_BUSY (Windows): held for now. A permission error is not "busy":
+        // retrying unchanged cannot help.
+        std::io::ErrorKind::ResourceBusy => HostError::Busy(format!("{context}: {error}")),
+        std::io::ErrorKind::PermissionDenied => HostError::AccessDenied(format!("{context}: {error}")),
         _ => HostError::Io(format!("{context}: {error}")),
     }
 }
@@ -198,5 +201,20 @@ impl HostPaths {
     pub fn read(&self) -> Result<HostState, HostError> {
         let _lock = FileLock::acquire(&self.lock_file())?;
         self.load()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_errors_keep_permission_problems_apart_from_busy_objects() {
+        let denied = io_error("replace file", std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        assert!(matches!(denied, HostError::AccessDenied(_)), "{denied:?}");
+        let busy = io_error("replace file", std::io::Error::from(std::io::ErrorKind::ResourceBusy));
+        assert!(matches!(busy, HostError::Busy(_)), "{busy:?}");
+        let other = io_error("replace file", std::io::Error::from(std::io::ErrorKind::InvalidData));
+        assert!(matches!(other, HostError::Io(_)), "{other:?}");
     }
 }

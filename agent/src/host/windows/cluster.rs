@@ -1,30 +1,32 @@
 //! Failover cluster: observe the master's Generic Service role through clusapi, create it with a
-//! one-shot `Add-ClusterGenericServiceRole` (reference §11; clusapi has no one-call equivalent).
+//! one-shot `Add-ClusterGenericServiceRole` (reference §11; clusapi has no one-call equivalent),
+//! run by `powershell.rs` (absolute path, no profile, killed after a timeout).
 //! Wine has no failover cluster: the queries are verified only on real Windows; the pure parts
 //! (state names, property-list parsing, PowerShell quoting and script) are unit-tested.
 
 use std::process::Command;
 
-use windows::Win32::Foundation::GetLastError;
+use windows::Win32::Foundation::{
+    ERROR_GROUP_NOT_FOUND, ERROR_MORE_DATA, ERROR_NO_MORE_ITEMS, GetLastError, NO_ERROR, WIN32_ERROR,
+};
 use windows::Win32::Networking::Clustering::{
-    CLUSCTL_RESOURCE_GET_PRIVATE_PROPERTIES, CLUSCTL_RESOURCE_GET_RESOURCE_TYPE, CLUSTER_GROUP_ENUM_CONTAINS,
-    CloseCluster, CloseClusterGroup, CloseClusterResource, ClusterGroupCloseEnum, ClusterGroupEnum,
-    ClusterGroupOpenEnum, ClusterResourceControl, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP,
-    HRESOURCE, OpenCluster, OpenClusterGroup, OpenClusterResource,
+    CLUSCTL_RESOURCE_GET_PRIVATE_PROPERTIES, CLUSCTL_RESOURCE_GET_RESOURCE_TYPE, CLUSPROP_FORMAT_EXPAND_SZ,
+    CLUSPROP_FORMAT_SZ, CLUSPROP_SYNTAX_NAME, CLUSTER_GROUP_ENUM_CONTAINS, CloseCluster, CloseClusterGroup,
+    CloseClusterResource, ClusterGroupCloseEnum, ClusterGroupEnum, ClusterGroupOpenEnum, ClusterResourceControl,
+    ClusterStateRunning, GetClusterGroupState, GetNodeClusterState, HCLUSTER, HGROUP, HGROUPENUM, HRESOURCE,
+    OpenCluster, OpenClusterGroup, OpenClusterResource,
 };
 use windows::core::{PCWSTR, PWSTR};
 
+use super::powershell::{POWERSHELL_TIMEOUT, powershell_exe, run_bounded};
 use super::util::{from_wide, map_code, wide};
 use crate::host::{ClusterRoleInfo, ClusterRoleRequest, HostError};
 
-const ERROR_MORE_DATA: u32 = 234;
-const ERROR_NO_MORE_ITEMS: u32 = 259;
-const ERROR_GROUP_NOT_FOUND: u32 = 5013;
-/// NODE_CLUSTER_STATE: ClusterStateRunning.
-const CLUSTER_STATE_RUNNING: u32 = 19;
-const CLUSPROP_SYNTAX_NAME: u32 = 0x0004_0003;
-const CLUSPROP_FORMAT_SZ: u32 = 3;
-const CLUSPROP_FORMAT_EXPAND_SZ: u32 = 4;
+/// The CLUSPROP_SYNTAX value of a property-name record.
+const SYNTAX_NAME: u32 = CLUSPROP_SYNTAX_NAME.0;
+/// The CLUSPROP_FORMAT (low word of a value record's syntax) of string values.
+const FORMAT_SZ: u32 = CLUSPROP_FORMAT_SZ.0 as u32;
+const FORMAT_EXPAND_SZ: u32 = CLUSPROP_FORMAT_EXPAND_SZ.0 as u32;
 
 /// CLUSTER_GROUP_STATE as the names `Get-ClusterGroup` prints (reference §11).
 pub fn cluster_group_state_name(state: i32) -> &'static str {
@@ -93,21 +95,9 @@ pub fn add_cluster_role_script(request: &ClusterRoleRequest) -> String {
 
 /// `-EncodedCommand` argument: base64 of the UTF-16LE script.
 pub fn encode_powershell_command(script: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes: Vec<u8> = script.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    let utf16le: Vec<u8> = script.encode_utf16().flat_map(u16::to_le_bytes).collect();
+    base64::engine::general_purpose::STANDARD.encode(utf16le)
 }
 
 /// The first string value of property `name` in a cluster property list (CLUSPROP_* records:
@@ -122,7 +112,7 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
     let count = dword(0)?;
     let mut off = 4usize;
     for _ in 0..count {
-        if dword(off)? != CLUSPROP_SYNTAX_NAME {
+        if dword(off)? != SYNTAX_NAME {
             return None;
         }
         let len = dword(off + 4)? as usize;
@@ -136,7 +126,7 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
                 break;
             }
             let len = dword(off + 4)? as usize;
-            if value.is_none() && matches!(syntax & 0xFFFF, CLUSPROP_FORMAT_SZ | CLUSPROP_FORMAT_EXPAND_SZ) {
+            if value.is_none() && matches!(syntax & 0xFFFF, FORMAT_SZ | FORMAT_EXPAND_SZ) {
                 value = utf16(off + 8, len);
             }
             off += 8 + len.next_multiple_of(4);
@@ -148,18 +138,21 @@ pub fn find_sz_property(list: &[u8], name: &str) -> Option<String> {
     None
 }
 
-fn last_error() -> u32 {
-    unsafe { GetLastError() }.0
+/// The calling thread's last error; read it right after the failing call.
+fn last_error() -> WIN32_ERROR {
+    // SAFETY: reads a thread-local value; no pointers, no preconditions.
+    unsafe { GetLastError() }
 }
 
 /// Unsupported unless this node is a running failover-cluster node.
 fn require_cluster() -> Result<(), HostError> {
     let mut state = 0u32;
+    // SAFETY: a null node name means this node; `state` is a valid out slot.
     let rc = unsafe { GetNodeClusterState(PCWSTR::null(), &mut state) };
-    if rc != 0 {
+    if rc != NO_ERROR.0 {
         return Err(HostError::Unsupported(format!("failover clustering is not available here (os error {rc})")));
     }
-    if state != CLUSTER_STATE_RUNNING {
+    if state != ClusterStateRunning.0 as u32 {
         return Err(HostError::Unsupported(format!(
             "this node is not a running failover-cluster node (state {state})"
         )));
@@ -167,9 +160,13 @@ fn require_cluster() -> Result<(), HostError> {
     Ok(())
 }
 
+// Each guard holds one non-null handle returned to this process, owned by the guard alone, and
+// closes it exactly once on drop; nothing else closes it.
+
 struct Cluster(HCLUSTER);
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // SAFETY: an open cluster handle owned by this guard (see above).
         unsafe {
             let _ = CloseCluster(self.0);
         }
@@ -179,6 +176,7 @@ impl Drop for Cluster {
 struct Group(HGROUP);
 impl Drop for Group {
     fn drop(&mut self) {
+        // SAFETY: an open group handle owned by this guard (see above).
         unsafe {
             let _ = CloseClusterGroup(self.0);
         }
@@ -188,8 +186,19 @@ impl Drop for Group {
 struct Resource(HRESOURCE);
 impl Drop for Resource {
     fn drop(&mut self) {
+        // SAFETY: an open resource handle owned by this guard (see above).
         unsafe {
             let _ = CloseClusterResource(self.0);
+        }
+    }
+}
+
+struct GroupEnum(HGROUPENUM);
+impl Drop for GroupEnum {
+    fn drop(&mut self) {
+        // SAFETY: an open group enumeration handle owned by this guard (see above).
+        unsafe {
+            let _ = ClusterGroupCloseEnum(self.0);
         }
     }
 }
@@ -199,6 +208,9 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
     let mut buf = vec![0u8; 512];
     loop {
         let mut returned = 0u32;
+        // SAFETY: `res` holds an open resource handle for the call; no input buffer (null, size
+        // 0); the output pointer and size describe `buf` exactly, so the API writes within it or
+        // reports ERROR_MORE_DATA with the size needed in `returned`, a valid out slot.
         let rc = unsafe {
             ClusterResourceControl(
                 res.0,
@@ -211,36 +223,42 @@ fn resource_control(res: &Resource, code: u32) -> Result<Vec<u8>, u32> {
                 Some(&mut returned),
             )
         };
-        match rc {
-            0 => {
+        match WIN32_ERROR(rc) {
+            NO_ERROR => {
                 buf.truncate(returned as usize);
                 return Ok(buf);
             }
             ERROR_MORE_DATA if returned as usize > buf.len() => buf.resize(returned as usize, 0),
-            code => return Err(code),
+            code => return Err(code.0),
         }
     }
 }
 
 /// ServiceName of the group's "Generic Service" resource, if it has one.
 fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, HostError> {
+    // SAFETY: `group` holds an open group handle for the call; the type is a documented flag.
     let e = unsafe { ClusterGroupOpenEnum(group.0, CLUSTER_GROUP_ENUM_CONTAINS.0 as u32) };
     if e.0 == 0 {
-        return Err(map_code("enumerate cluster group resources", last_error()));
+        return Err(map_code("enumerate cluster group resources", last_error().0));
     }
+    let e = GroupEnum(e);
     let mut found = String::new();
     for index in 0.. {
         let mut kind = 0u32;
         let mut name = vec![0u16; 256];
         let mut len = name.len() as u32;
-        let rc = unsafe { ClusterGroupEnum(e, index, &mut kind, PWSTR(name.as_mut_ptr()), &mut len) };
-        if rc != 0 {
-            if rc != ERROR_NO_MORE_ITEMS {
-                unsafe { ClusterGroupCloseEnum(e) };
+        // SAFETY: `e` holds an open enumeration; `name` is a live buffer of `len` u16s (in:
+        // capacity in characters), so a longer name fails with ERROR_MORE_DATA instead of
+        // overflowing; `kind` and `len` are valid out slots.
+        let rc = unsafe { ClusterGroupEnum(e.0, index, &mut kind, PWSTR(name.as_mut_ptr()), &mut len) };
+        if rc != NO_ERROR.0 {
+            if rc != ERROR_NO_MORE_ITEMS.0 {
                 return Err(map_code("enumerate cluster group resources", rc));
             }
             break;
         }
+        // SAFETY: `cluster` holds an open cluster handle; on success ClusterGroupEnum wrote a
+        // NUL-terminated name into `name`, which lives across the call.
         let res = unsafe { OpenClusterResource(cluster.0, PCWSTR(name.as_ptr())) };
         if res.0 == 0 {
             continue;
@@ -258,28 +276,32 @@ fn generic_service_name(cluster: &Cluster, group: &Group) -> Result<String, Host
             break;
         }
     }
-    unsafe { ClusterGroupCloseEnum(e) };
     Ok(found)
 }
 
 pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
     require_cluster()?;
+    // SAFETY: a null name opens the local cluster; the handle is owned by `Cluster` below.
     let h = unsafe { OpenCluster(PCWSTR::null()) };
     if h.0 == 0 {
-        return Err(map_code("OpenCluster", last_error()));
+        return Err(map_code("OpenCluster", last_error().0));
     }
     let cluster = Cluster(h);
     let n = wide(name);
+    // SAFETY: `cluster` holds an open cluster handle; `n` is a NUL-terminated buffer alive for
+    // the call. The handle is owned by `Group` below.
     let g = unsafe { OpenClusterGroup(cluster.0, PCWSTR(n.as_ptr())) };
     if g.0 == 0 {
         return match last_error() {
             ERROR_GROUP_NOT_FOUND => Ok(None),
-            code => Err(map_code(&format!("open cluster group {name}"), code)),
+            code => Err(map_code(&format!("open cluster group {name}"), code.0)),
         };
     }
     let group = Group(g);
     let mut owner = vec![0u16; 256];
     let mut len = owner.len() as u32;
+    // SAFETY: `group` holds an open group handle; `owner` is a live buffer of `len` u16s (in:
+    // capacity in characters), so the API never writes past it; `len` is a valid out slot.
     let state = unsafe { GetClusterGroupState(group.0, Some(PWSTR(owner.as_mut_ptr())), Some(&mut len)) };
     Ok(Some(ClusterRoleInfo {
         owner_node: from_wide(&owner),
@@ -291,10 +313,9 @@ pub fn query_role(name: &str) -> Result<Option<ClusterRoleInfo>, HostError> {
 pub fn create_role(request: &ClusterRoleRequest) -> Result<(), HostError> {
     require_cluster()?;
     let encoded = encode_powershell_command(&add_cluster_role_script(request));
-    let output = Command::new("powershell.exe")
-        .args(["-NoProfile", "-NonInteractive", "-EncodedCommand", &encoded])
-        .output()
-        .map_err(|e| HostError::Unsupported(format!("cannot run powershell.exe: {e}")))?;
+    let mut command = Command::new(powershell_exe()?);
+    command.args(["-NoProfile", "-NonInteractive", "-EncodedCommand", &encoded]);
+    let output = run_bounded(&mut command, "powershell.exe", POWERSHELL_TIMEOUT)?;
     if output.status.success() {
         return Ok(());
     }
@@ -434,12 +455,12 @@ mod tests {
     fn property_list_lookup() {
         let mut list = Vec::new();
         list.extend(2u32.to_le_bytes());
-        name_record(&mut list, CLUSPROP_SYNTAX_NAME, "UseNetworkName");
+        name_record(&mut list, SYNTAX_NAME, "UseNetworkName");
         list.extend(0x0001_0002u32.to_le_bytes()); // LIST_VALUE_DWORD
         list.extend(4u32.to_le_bytes());
         list.extend(1u32.to_le_bytes());
         list.extend(0u32.to_le_bytes()); // ENDMARK
-        name_record(&mut list, CLUSPROP_SYNTAX_NAME, "ServiceName");
+        name_record(&mut list, SYNTAX_NAME, "ServiceName");
         name_record(&mut list, 0x0001_0003, "SSISScaleOutMaster160"); // LIST_VALUE_SZ
         list.extend(0u32.to_le_bytes());
         assert_eq!(find_sz_property(&list, "ServiceName").as_deref(), Some("SSISScaleOutMaster160"));

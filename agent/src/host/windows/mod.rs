@@ -7,12 +7,14 @@ mod cluster;
 mod files;
 mod http;
 mod keyacl;
+mod powershell;
 mod registry;
 mod services;
 mod util;
 
 pub use cluster::{add_cluster_role_script, cluster_group_state_name, encode_powershell_command, ps_quote};
 pub use http::{format_guid, parse_guid, parse_ip_port};
+pub use powershell::{POWERSHELL_TIMEOUT, powershell_exe};
 pub use util::{filetime_to_rfc3339, hex_upper, parse_thumbprint};
 
 use ssis_crds::{CertStore, ServiceStartType};

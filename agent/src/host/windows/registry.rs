@@ -10,11 +10,13 @@ use windows::core::PCWSTR;
 use super::util::{from_wide, map_win32, wide};
 use crate::host::{HostError, RegistryData};
 
-/// Closes the key on drop.
+/// Closes the key on drop. Holds an open key this process owns; nothing else closes it.
 struct Key(HKEY);
 
 impl Drop for Key {
     fn drop(&mut self) {
+        // SAFETY: `self.0` is an open key returned by RegOpenKeyExW/RegCreateKeyExW and owned by
+        // this guard alone, so it is closed exactly once and never used afterwards.
         unsafe {
             let _ = RegCloseKey(self.0);
         }
@@ -28,6 +30,8 @@ fn value_ptr(name: &Option<Vec<u16>>) -> PCWSTR {
 pub fn key_exists(key: &str) -> Result<bool, HostError> {
     let k = wide(key);
     let mut h = HKEY::default();
+    // SAFETY: `k` is a NUL-terminated UTF-16 buffer alive for the call; `h` is a valid out slot
+    // that receives a key only on success (then owned by `Key`).
     let rc = unsafe { RegOpenKeyExW(HKEY_LOCAL_MACHINE, PCWSTR(k.as_ptr()), None, KEY_READ, &mut h) };
     match rc {
         ERROR_SUCCESS => {
@@ -49,6 +53,9 @@ pub fn read(key: &str, value_name: Option<&str>) -> Result<Option<RegistryData>,
     loop {
         let mut ty = REG_VALUE_TYPE::default();
         let mut len = buf.len() as u32;
+        // SAFETY: `k` and `v` (when present) are NUL-terminated buffers alive for the call; `len`
+        // is the exact byte size of `buf`, so RegGetValueW writes at most that many bytes (it
+        // reports ERROR_MORE_DATA instead of overflowing); `ty` and `len` are valid out slots.
         let rc = unsafe {
             RegGetValueW(
                 HKEY_LOCAL_MACHINE,
@@ -83,6 +90,8 @@ pub fn write(key: &str, value_name: Option<&str>, data: &RegistryData) -> Result
     let k = wide(key);
     let v = value_name.map(wide);
     let mut h = HKEY::default();
+    // SAFETY: `k` is a NUL-terminated buffer alive for the call; the class and security
+    // attributes are null (allowed); `h` receives an open key on success, owned by `Key` below.
     let rc = unsafe {
         RegCreateKeyExW(
             HKEY_LOCAL_MACHINE,
@@ -104,6 +113,9 @@ pub fn write(key: &str, value_name: Option<&str>, data: &RegistryData) -> Result
         RegistryData::String(s) => (REG_SZ, wide(s).iter().flat_map(|u| u.to_le_bytes()).collect::<Vec<u8>>()),
         RegistryData::DWord(d) => (REG_DWORD, d.to_le_bytes().to_vec()),
     };
+    // SAFETY: `key_guard` holds an open key with KEY_SET_VALUE for the whole call; the value name
+    // is null or the NUL-terminated `v`; `bytes` is passed as a slice with its exact length, and
+    // REG_SZ data includes its terminating NUL as the API requires.
     let rc = unsafe { RegSetValueExW(key_guard.0, value_ptr(&v), None, ty, Some(&bytes)) };
     if rc != ERROR_SUCCESS {
         return Err(map_win32(&format!("write HKLM\\{key} value {}", value_name.unwrap_or("(default)")), rc));

@@ -1,19 +1,14 @@
 //! Small helpers shared by the Win32 adapters: UTF-16 strings, error mapping, hex, time.
 
-use windows::Win32::Foundation::WIN32_ERROR;
+use windows::Win32::Foundation::{
+    ERROR_ACCESS_DENIED, ERROR_CALL_NOT_IMPLEMENTED, ERROR_FILE_NOT_FOUND, ERROR_LOCK_VIOLATION, ERROR_NOT_SUPPORTED,
+    ERROR_PATH_NOT_FOUND, ERROR_SERVICE_DATABASE_LOCKED, ERROR_SERVICE_DOES_NOT_EXIST, ERROR_SHARING_VIOLATION,
+    WIN32_ERROR,
+};
 use windows::Win32::System::SystemInformation::{ComputerNamePhysicalNetBIOS, GetComputerNameExW};
 use windows::core::PWSTR;
 
 use crate::host::HostError;
-
-pub const ERROR_FILE_NOT_FOUND: u32 = 2;
-pub const ERROR_PATH_NOT_FOUND: u32 = 3;
-pub const ERROR_ACCESS_DENIED: u32 = 5;
-pub const ERROR_SHARING_VIOLATION: u32 = 32;
-pub const ERROR_LOCK_VIOLATION: u32 = 33;
-pub const ERROR_NOT_SUPPORTED: u32 = 50;
-pub const ERROR_CALL_NOT_IMPLEMENTED: u32 = 120;
-pub const ERROR_SERVICE_DOES_NOT_EXIST: u32 = 1060;
 
 /// NUL-terminated UTF-16 for a `PCWSTR` parameter.
 pub fn wide(s: &str) -> Vec<u16> {
@@ -29,9 +24,15 @@ pub fn from_wide(buf: &[u16]) -> String {
 /// A NUL-terminated wide string owned by the OS.
 ///
 /// # Safety
-/// `p` must be null or point to a NUL-terminated UTF-16 string.
+/// `p` must be null or point to a NUL-terminated UTF-16 string that stays valid and unchanged
+/// for the duration of the call (e.g. inside a buffer the caller owns).
 pub unsafe fn pwstr_to_string(p: PWSTR) -> String {
-    if p.is_null() { String::new() } else { String::from_utf16_lossy(unsafe { p.as_wide() }) }
+    if p.is_null() {
+        return String::new();
+    }
+    // SAFETY: `p` is non-null, and the caller guarantees it points to a live NUL-terminated
+    // string; `as_wide` reads up to (not including) the NUL and the slice is copied at once.
+    String::from_utf16_lossy(unsafe { p.as_wide() })
 }
 
 /// The Win32 error code inside a `windows` error (HRESULT_FROM_WIN32 unwrapped; other HRESULTs
@@ -43,13 +44,16 @@ pub fn code_of(e: &windows::core::Error) -> u32 {
 
 /// Map a Win32 error code to a [`HostError`]. `context` must not contain secret material.
 pub fn map_code(context: &str, code: u32) -> HostError {
-    match code {
+    // HRESULTs that are not Win32 codes (CRYPT_E_*) match none of these constants.
+    match WIN32_ERROR(code) {
         ERROR_FILE_NOT_FOUND | ERROR_PATH_NOT_FOUND | ERROR_SERVICE_DOES_NOT_EXIST => {
             HostError::NotFound(context.to_string())
         }
-        ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION => {
+        // Only a holder letting go makes these succeed later; access denied stays denied.
+        ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION | ERROR_SERVICE_DATABASE_LOCKED => {
             HostError::Busy(format!("{context}: os error {code}"))
         }
+        ERROR_ACCESS_DENIED => HostError::AccessDenied(format!("{context}: os error {code}")),
         ERROR_NOT_SUPPORTED | ERROR_CALL_NOT_IMPLEMENTED => {
             HostError::Unsupported(format!("{context}: os error {code}"))
         }
@@ -85,33 +89,38 @@ pub fn parse_thumbprint(thumbprint: &str) -> Result<[u8; 20], HostError> {
     Ok(out)
 }
 
-/// FILETIME (100 ns ticks since 1601-01-01 UTC) as RFC 3339 `YYYY-MM-DDTHH:MM:SSZ`.
+/// 100 ns FILETIME ticks per second.
+const TICKS_PER_SECOND: u64 = 10_000_000;
+/// 1601-01-01T00:00:00 UTC, where FILETIME counts from.
+const FILETIME_EPOCH: jiff::civil::DateTime = jiff::civil::date(1601, 1, 1).at(0, 0, 0, 0);
+
+/// A FILETIME (100 ns ticks since 1601-01-01 UTC) as a UTC date and time in whole seconds
+/// (sub-second ticks are dropped). A civil date-time rather than a `jiff::Timestamp`: a timestamp
+/// ends on 9999-12-30, one day before RFC 5280's "no expiration" NotAfter, 9999-12-31T23:59:59Z.
+/// `None` after that, which no X.509 date reaches.
+pub fn filetime_to_utc(ticks: u64) -> Option<jiff::civil::DateTime> {
+    let seconds = i64::try_from(ticks / TICKS_PER_SECOND).ok()?;
+    // A Span, not a SignedDuration: jiff adds the latter within the timestamp range only.
+    FILETIME_EPOCH.checked_add(jiff::Span::new().try_seconds(seconds).ok()?).ok()
+}
+
+/// A FILETIME as RFC 3339 `YYYY-MM-DDTHH:MM:SSZ` (empty when out of range, like an unreadable
+/// date elsewhere in `CertInfo`).
 pub fn filetime_to_rfc3339(ticks: u64) -> String {
-    const TICKS_PER_SEC: u64 = 10_000_000;
-    const SECS_1601_TO_1970: i64 = 11_644_473_600;
-    let secs = (ticks / TICKS_PER_SEC) as i64 - SECS_1601_TO_1970;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970 (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    filetime_to_utc(ticks).map(|t| t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
 }
 
 /// NetBIOS name of this computer (what failover-cluster owner nodes are called).
 pub fn computer_name() -> Result<String, HostError> {
     let mut len = 0u32;
     // First call sizes the buffer (fails with ERROR_MORE_DATA by design).
+    // SAFETY: a null buffer with a valid `len` out-pointer is the documented sizing call; the
+    // function writes only `len`.
     let _ = unsafe { GetComputerNameExW(ComputerNamePhysicalNetBIOS, None, &mut len) };
     let mut buf = vec![0u16; len.max(1) as usize + 1];
     let mut len = buf.len() as u32;
+    // SAFETY: `buf` is a live allocation of exactly `len` u16s (in: capacity in characters), so
+    // the name and its NUL fit; on return `len` is the length written without the NUL.
     unsafe { GetComputerNameExW(ComputerNamePhysicalNetBIOS, Some(PWSTR(buf.as_mut_ptr())), &mut len) }
         .map_err(|e| map_err("GetComputerNameExW", e))?;
     Ok(from_wide(&buf[..len as usize]))
@@ -132,14 +141,38 @@ mod tests {
         assert!(matches!(parse_thumbprint(&"Z".repeat(40)), Err(HostError::Invalid(_))));
     }
 
+    /// The inverse, for the round trip: whole seconds only, as FILETIMEs from certificates are.
+    fn rfc3339_to_filetime(text: &str) -> u64 {
+        let utc = text.strip_suffix('Z').unwrap().parse::<jiff::civil::DateTime>().unwrap();
+        u64::try_from(FILETIME_EPOCH.duration_until(utc).as_secs()).unwrap() * TICKS_PER_SECOND
+    }
+
     #[test]
-    fn filetime_converts_to_utc() {
-        // 1970-01-01T00:00:00Z and 2126-10-29T02:35:02Z (the test certificate's NotAfter).
-        assert_eq!(filetime_to_rfc3339(116_444_736_000_000_000), "1970-01-01T00:00:00Z");
-        let secs_2126: u64 = 4_948_914_902;
-        assert_eq!(filetime_to_rfc3339((secs_2126 + 11_644_473_600) * 10_000_000), "2126-10-29T02:35:02Z");
-        // 2024-02-29T23:59:59Z: a leap day.
-        assert_eq!(filetime_to_rfc3339((1_709_251_199 + 11_644_473_600) * 10_000_000), "2024-02-29T23:59:59Z");
+    fn filetime_epoch_is_1601_utc() {
+        let unix_seconds = "1601-01-01T00:00:00Z".parse::<jiff::Timestamp>().unwrap().as_second();
+        assert_eq!(unix_seconds, -11_644_473_600);
+        assert_eq!(filetime_to_rfc3339(0), "1601-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn filetime_converts_to_utc_and_round_trips() {
+        // (FILETIME, RFC 3339): the Unix epoch; the test certificate's NotAfter; a leap day;
+        // RFC 5280's "no expiration" NotAfter, the last second X.509 can express.
+        let known = [
+            (116_444_736_000_000_000u64, "1970-01-01T00:00:00Z"),
+            ((4_948_914_902 + 11_644_473_600) * 10_000_000, "2126-10-29T02:35:02Z"),
+            ((1_709_251_199 + 11_644_473_600) * 10_000_000, "2024-02-29T23:59:59Z"),
+            (2_650_467_743_990_000_000, "9999-12-31T23:59:59Z"),
+        ];
+        for (ticks, text) in known {
+            assert_eq!(filetime_to_rfc3339(ticks), text);
+            assert_eq!(rfc3339_to_filetime(text), ticks, "{text}");
+            // Sub-second ticks are dropped, never rounded up.
+            assert_eq!(filetime_to_rfc3339(ticks + TICKS_PER_SECOND - 1), text);
+        }
+        // After 9999-12-31T23:59:59Z: no date rather than a wrong one.
+        assert_eq!(filetime_to_rfc3339(2_650_467_744_000_000_000), "");
+        assert_eq!(filetime_to_rfc3339(u64::MAX), "");
     }
 
     #[test]
@@ -147,6 +180,11 @@ mod tests {
         assert!(matches!(map_code("x", 2), HostError::NotFound(_)));
         assert!(matches!(map_code("x", 1060), HostError::NotFound(_)));
         assert!(matches!(map_code("x", 32), HostError::Busy(_)));
+        assert!(matches!(map_code("x", 33), HostError::Busy(_)));
+        assert!(matches!(map_code("x", 1055), HostError::Busy(_)));
+        // A permission problem is not a busy object: retrying unchanged cannot help.
+        assert!(matches!(map_code("x", 5), HostError::AccessDenied(_)));
+        assert_eq!(map_code("open HKLM\\X", 5).to_string(), "access denied: open HKLM\\X: os error 5");
         assert!(matches!(map_code("x", 120), HostError::Unsupported(_)));
         assert!(matches!(map_code("x", 1056), HostError::Os { code: 1056, .. }));
         let e = windows::core::Error::from_hresult(windows::core::HRESULT(0x8007_0005u32 as i32));
