@@ -252,7 +252,16 @@ fn service_body(stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
     }))
 }
 
+/// Install the one TLS crypto provider of this process before any client is built. Built in one
+/// cargo invocation with the operator (as scripts/dev-cluster-demo.sh does), rustls gets both the
+/// ring and aws-lc-rs features, and without an installed provider the first kube client panics.
+fn install_crypto_provider() {
+    // Fails only when a provider is installed already: that is the goal.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 fn main() -> anyhow::Result<()> {
+    install_crypto_provider();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),

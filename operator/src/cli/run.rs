@@ -11,7 +11,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use ssis_agent::host::simulated::network;
 
 use crate::catalog::simulated::IngestReport;
-use crate::catalog::{Catalog, SimulatedCatalog, TiberiusCatalog, install_crypto_provider};
+use crate::catalog::{Catalog, SimulatedCatalog, TiberiusCatalog};
 use crate::controller::runner::{self, RunnerConfig};
 use crate::controller::{
     CertificateIssuer, CertsIssuer, Context, FIELD_MANAGER, LeaseSettings, PrepareTarget, check_crds,
@@ -150,7 +150,6 @@ fn init_tracing() {
 }
 
 async fn run_async(args: RunArgs) -> anyhow::Result<()> {
-    install_crypto_provider();
     let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
     check_crds(&client).await?;
     let issuer: Arc<dyn CertificateIssuer> = Arc::new(CertsIssuer);
