@@ -78,3 +78,40 @@ async fn leader_reconciles_serves_health_and_releases_the_lease_on_shutdown() {
     let after = Api::<Lease>::namespaced(client, OPERATOR_NS).get("ssis-operator-leader").await.unwrap();
     assert_eq!(after.spec.unwrap().holder_identity, None, "the lease is released on shutdown");
 }
+
+/// With leader election off, the loop runs a pass when something changes and otherwise waits for
+/// the resync: a dropped leadership sender made `changed()` ready at once, so the loop ran a full
+/// pass every debounce interval forever (114 passes a minute against a real API server).
+#[tokio::test(start_paused = true)]
+async fn without_leader_election_no_pass_runs_without_a_trigger() {
+    let server = fake_server(vec![json(&windows_node("win-1"))]);
+    let client = server.client(operator_identity());
+    let (mut ctx, _clock) = context(client, FakeCatalog::unreachable());
+    let metrics = Arc::new(Metrics::default());
+    ctx.metrics = metrics.clone();
+    let config = RunnerConfig {
+        leader: None,
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
+        debounce: Duration::from_millis(500),
+        resync: Duration::from_secs(300),
+        ..Default::default()
+    };
+    let counted = metrics.clone();
+    let ledger = server.clone();
+    let seen = Arc::new(Mutex::new(((0, 0), (0, 0))));
+    let observed = seen.clone();
+    let shutdown = async move {
+        // The watches' initial lists trigger the first pass(es); let them settle.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let settled = (counted.reconciles.get(), ledger.ledger().requests_by("operator"));
+        // Two quiet minutes of simulated time: no trigger, no resync due yet.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        let after = (counted.reconciles.get(), ledger.ledger().requests_by("operator"));
+        *observed.lock().unwrap() = (settled, after);
+    };
+    run(ctx, config, shutdown).await.unwrap();
+    let ((passes, requests), (passes_after, requests_after)) = *seen.lock().unwrap();
+    assert!(passes >= 1, "the first pass ran");
+    assert_eq!(passes_after, passes, "passes ran in two quiet minutes without leader election");
+    assert_eq!(requests_after, requests, "a quiet operator sends no API requests");
+}

@@ -194,6 +194,15 @@ fn spawn_watches<C: Catalog>(ctx: &Context<C>, notify: &Arc<Notify>, synced: &Ar
     tasks
 }
 
+/// Resolves when leadership changes. Without an elector (leader election off, or its task ended)
+/// the sender is gone and `changed()` would be ready at once on every call, which made the loop run
+/// a full pass every debounce interval forever; then this never resolves.
+async fn leadership_changed(leading: &mut watch::Receiver<bool>) {
+    if leading.changed().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Run until `shutdown` completes: reconcile while leading, serve health and metrics, release the
 /// lease on the way out.
 pub async fn run<C: Catalog>(
@@ -238,7 +247,7 @@ pub async fn run<C: Catalog>(
         let triggered = tokio::select! {
             _ = &mut shutdown => break,
             _ = notify.notified() => true,
-            _ = leading_rx.changed() => true,
+            _ = leadership_changed(&mut leading_rx) => true,
             _ = tokio::time::sleep(delay) => false,
         };
         if triggered {
