@@ -71,23 +71,21 @@ fn main() {
         ..Default::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    // kube-fake-client files the cluster-scoped HostConfig under `default`; route status writes there.
-    let funcs = kube_fake_client::interceptor::Funcs::new().patch_status(|ctx| {
-        let mut stored: HostConfig = ctx.client.get("default", ctx.name)?;
-        stored.status = serde_json::from_value(ctx.patch["status"].clone())?;
-        let updated = ctx.client.update_status("default", &stored, &Default::default())?;
-        Ok(Some(serde_json::to_value(updated)?))
-    });
     let client = runtime.block_on(async {
-        kube_fake_client::ClientBuilder::new()
-            .with_resource::<HostConfig>()
-            .with_status_subresource::<HostConfig>()
-            .with_object(host_config)
-            .with_object(secret)
-            .with_interceptor_funcs(funcs)
-            .build()
-            .await
-            .unwrap()
+        let server = ssis_sim_apiserver::ApiServer::default();
+        server.register_crd(&<HostConfig as kube::CustomResourceExt>::crd()).unwrap();
+        server
+            .seed(serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": "ssis-system" } }))
+            .unwrap();
+        let mut host_config = serde_json::to_value(&host_config).unwrap();
+        host_config["apiVersion"] = "ssis.sqlops.io/v1alpha1".into();
+        host_config["kind"] = "HostConfig".into();
+        server.seed(host_config).unwrap();
+        let mut secret = serde_json::to_value(&secret).unwrap();
+        secret["apiVersion"] = "v1".into();
+        secret["kind"] = "Secret".into();
+        server.seed(secret).unwrap();
+        server.client(ssis_sim_apiserver::Identity::new("agent", "system:serviceaccount:ssis-system:ssis-agent"))
     });
     let boxed: Box<dyn Host> = Box::new(world.host("w1"));
     let host: SharedHost = Arc::new(Mutex::new(boxed));

@@ -227,7 +227,7 @@ fn each_connectivity_pitfall_yields_its_documented_failure() {
     converge(&lab3, "w1", &worker_spec(&lab3.master_thumbprint, &lab3.worker_thumbprint, "https://ssis-master:8391"));
     assert_eq!(network::observe(&lab3.world.dir).unwrap().workers.len(), 1);
     let mut spec = worker_spec(&lab3.master_thumbprint, &lab3.worker_thumbprint, "https://ssis-master:8391");
-    spec.services[0].logon = Some(WindowsAccount {
+    spec.services[0].logon = Some(ServiceLogon {
         username: r"CORP\svc-worker".into(),
         password_secret_ref: SecretKeyRef { name: "worker-logon".into(), key: "password".into() },
     });

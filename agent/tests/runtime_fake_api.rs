@@ -1,6 +1,7 @@
-//! The agent runtime stepped against an in-memory Kubernetes API (kube-fake-client): reads its
-//! HostConfig and Secrets, applies, writes status with server-side apply, writes nothing on a
-//! converged host, and repairs drift.
+//! The agent runtime stepped against the in-memory Kubernetes API server (`ssis-sim-apiserver`,
+//! which validates against the generated CRD and models server-side apply): reads its HostConfig
+//! and Secrets, applies, writes status with server-side apply, writes nothing on a converged host,
+//! and repairs drift.
 
 mod common;
 
@@ -10,37 +11,52 @@ use std::time::Duration;
 use common::*;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::CustomResourceExt;
 use kube::api::Api;
 use ssis_agent::engine::{ActionKind, AgentConfig};
 use ssis_agent::host::Host;
 use ssis_agent::host::simulated::faults;
 use ssis_agent::runtime::{FIELD_MANAGER, RuntimeConfig, SharedHost, SyncOutcome, sync_once};
 use ssis_crds::*;
+use ssis_sim_apiserver::{ApiServer, Identity, Options};
 
 const NAMESPACE: &str = "ssis-system";
 
-/// kube-fake-client 0.3 registers every custom kind as namespaced (a scope heuristic), so the
-/// cluster-scoped HostConfig is filed under `default` while cluster-scoped paths look in `""`:
-/// list works, but a status patch by name misses. This interceptor routes the agent's status SSA
-/// to the stored object and records the field manager.
-fn fake_api(
-    objects_secret: Secret,
-    host_config: HostConfig,
-    managers: Arc<Mutex<Vec<String>>>,
-) -> kube_fake_client::ClientBuilder {
-    let funcs = kube_fake_client::interceptor::Funcs::new().patch_status(move |ctx| {
-        managers.lock().unwrap().push(ctx.params.field_manager.clone().unwrap_or_default());
-        let mut stored: HostConfig = ctx.client.get("default", ctx.name)?;
-        stored.status = serde_json::from_value(ctx.patch["status"].clone())?;
-        let updated = ctx.client.update_status("default", &stored, &Default::default())?;
-        Ok(Some(serde_json::to_value(updated)?))
-    });
-    kube_fake_client::ClientBuilder::new()
-        .with_resource::<HostConfig>()
-        .with_status_subresource::<HostConfig>()
-        .with_object(host_config)
-        .with_object(objects_secret)
-        .with_interceptor_funcs(funcs)
+/// A server with the HostConfig CRD, the agent's namespace and `objects`.
+fn fake_api(objects: Vec<serde_json::Value>) -> ApiServer {
+    let server = ApiServer::new(Options::default());
+    server.register_crd(&HostConfig::crd()).unwrap();
+    server
+        .seed(serde_json::json!({ "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": NAMESPACE } }))
+        .unwrap();
+    for object in objects {
+        server.seed(object).unwrap();
+    }
+    server
+}
+
+fn as_json<K: serde::Serialize + kube::Resource<DynamicType = ()>>(object: &K) -> serde_json::Value {
+    let mut value = serde_json::to_value(object).unwrap();
+    value["apiVersion"] = K::api_version(&()).into();
+    value["kind"] = K::kind(&()).into();
+    value
+}
+
+fn agent_client(server: &ApiServer) -> kube::Client {
+    server.client(Identity::new("agent", format!("system:serviceaccount:{NAMESPACE}:ssis-agent")))
+}
+
+/// Field managers of the status subresource's server-side applies.
+async fn status_managers(client: &kube::Client) -> Vec<String> {
+    let stored = host_configs(client).get("w1").await.unwrap();
+    stored
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.subresource.as_deref() == Some("status") && m.operation.as_deref() == Some("Apply"))
+        .filter_map(|m| m.manager)
+        .collect()
 }
 
 fn host_configs(client: &kube::Client) -> Api<HostConfig> {
@@ -73,8 +89,8 @@ async fn agent_applies_its_host_config_and_reports_status() {
         data: Some([(host_secret_keys::CERTIFICATE_DER.to_string(), ByteString(master.der.clone()))].into()),
         ..Default::default()
     };
-    let managers = Arc::new(Mutex::new(Vec::new()));
-    let client = fake_api(secret, host_config, managers.clone()).build().await.unwrap();
+    let server = fake_api(vec![as_json(&host_config), as_json(&secret)]);
+    let client = agent_client(&server);
     let boxed: Box<dyn Host> = Box::new(world.host("w1"));
     let host: SharedHost = Arc::new(Mutex::new(boxed));
     let config = RuntimeConfig {
@@ -90,7 +106,7 @@ async fn agent_applies_its_host_config_and_reports_status() {
     assert!(status_written);
     assert_eq!(report.count(ActionKind::CertificateImport), 1);
     let status = stored_status(&client).await;
-    assert_eq!(*managers.lock().unwrap(), [FIELD_MANAGER]);
+    assert_eq!(status_managers(&client).await, [FIELD_MANAGER]);
     assert!(ready(&status), "{:#?}", status.conditions);
     assert_eq!(status.worker_settings.as_ref().unwrap().values["AgentId"], worker.agent_id.clone().unwrap());
 
@@ -103,7 +119,9 @@ async fn agent_applies_its_host_config_and_reports_status() {
         assert_eq!(report.total_writes(), 0);
         assert_eq!(status_written, pass == 0, "pass {pass}");
     }
-    assert_eq!(managers.lock().unwrap().len(), 2);
+    let status_writes: u64 =
+        server.ledger().writes.iter().filter(|(k, _)| k.resource_path() == "hostconfigs/status").map(|(_, n)| n).sum();
+    assert_eq!(status_writes, 2, "the first status and the settled one; nothing while converged");
 
     // Drift: the trusted master certificate is deleted by hand; the next pass repairs and reports it.
     faults::delete_certificate(&world.root("w1"), CertStore::Root, &master.thumbprint).unwrap();
@@ -120,12 +138,7 @@ async fn agent_applies_its_host_config_and_reports_status() {
 async fn missing_host_config_is_not_an_error() {
     let world = World::new("runtime-missing");
     world.provision("w2", "worker");
-    let client = kube_fake_client::ClientBuilder::new()
-        .with_resource::<HostConfig>()
-        .with_status_subresource::<HostConfig>()
-        .build()
-        .await
-        .unwrap();
+    let client = agent_client(&fake_api(vec![]));
     let boxed: Box<dyn Host> = Box::new(world.host("w2"));
     let host: SharedHost = Arc::new(Mutex::new(boxed));
     let config = RuntimeConfig {

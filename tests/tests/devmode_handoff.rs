@@ -162,7 +162,7 @@ fn master_spec(master_thumbprint: &str, worker_thumbprint: &str) -> HostConfigSp
             role: ServiceRole::ScaleOutMaster,
             state: ServiceRunState::ClusterManaged,
             start_type: Some(ServiceStartType::Manual),
-            logon: Some(WindowsAccount {
+            logon: Some(ServiceLogon {
                 username: MASTER_ACCOUNT.into(),
                 password_secret_ref: SecretKeyRef {
                     name: "master-service-account".into(),
