@@ -267,3 +267,20 @@ pub mod host_secret_keys {
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].
 pub const MANAGED_BY_VALUE: &str = "ssis-operator";
+
+/// Node-agent liveness: each agent renews a `coordination.k8s.io/v1` Lease named
+/// [`agent_lease_name`] in its namespace (the operator's), as the kubelet does with its node Lease,
+/// instead of writing a heartbeat into the HostConfig status.
+pub mod agent_lease {
+    /// Label on every agent Lease (the operator watches Leases with it).
+    pub const LABEL: &str = "ssis.sqlops.io/agent-lease";
+    /// Seconds a Lease stays valid after a renewal.
+    pub const DURATION_SECONDS: i32 = 120;
+    /// Seconds between renewals (the bound: no more than one renewal per 30 s per node).
+    pub const RENEW_EVERY_SECONDS: u64 = 30;
+
+    /// The Lease of the agent on `node`.
+    pub fn name(node: &str) -> String {
+        format!("ssis-agent-{node}")
+    }
+}

@@ -10,13 +10,19 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use ssis_crds::*;
 use ssis_operator::catalog::{SecretValue, SqlAction};
+use ssis_operator::controller::stores::Stores;
 use ssis_operator::controller::{FINALIZER, ReconcileReport, World, apply, dereference, status};
 use ssis_operator::plan::certificates::host_secret_name;
 use ssis_operator::plan::{CertificateRequest, CertificateRequestSource, PlanOutput, SecretCopy};
 
+/// Everything the API server holds, as the apply stage sees it (these tests hand-write plans that
+/// belong to no unit of deployments).
 async fn world(ctx: &ssis_operator::controller::Context<FakeCatalog>) -> World {
     let mut report = ReconcileReport::default();
-    dereference::dereference(ctx, &mut report).await.expect("dereference")
+    let stores = Stores::load(&ctx.client, OPERATOR_NS).await.expect("stores");
+    dereference::dereference_scope(ctx, &stores, dereference::Scope::Everything, &mut report)
+        .await
+        .expect("dereference")
 }
 
 async fn apply_pass(ctx: &ssis_operator::controller::Context<FakeCatalog>, plan: &PlanOutput) -> ReconcileReport {
@@ -434,6 +440,7 @@ async fn password_copies_follow_the_source_and_disappear_when_not_asked_for() {
     plan.secret_copies.insert(
         "ssis-logon-x".into(),
         SecretCopy {
+            owner: "ScaleOutMasterGroup/etl/masters".into(),
             source_namespace: "etl".into(),
             source_name: "svc".into(),
             source_key: "password".into(),
@@ -467,7 +474,9 @@ async fn dereference_gives_the_planner_fingerprints_never_values() {
     let client = fake_client(objects).await;
     let (ctx, _) = context(client, FakeCatalog::unreachable());
     let mut report = ReconcileReport::default();
-    let world = dereference::dereference(&ctx, &mut report).await.unwrap();
+    let stores = Stores::load(&ctx.client, OPERATOR_NS).await.unwrap();
+    let world =
+        dereference::dereference_scope(&ctx, &stores, dereference::Scope::Everything, &mut report).await.unwrap();
     let meta = &world.input.secrets["etl/logging"];
     assert_eq!(meta.keys.iter().collect::<Vec<_>>(), vec!["password"]);
     let debug = format!("{:?}", world.input);

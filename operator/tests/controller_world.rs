@@ -1,4 +1,4 @@
-//! Whole passes of `reconcile_world` (real planner) over the example deployment and over odd
+//! Whole operator passes (`reconcile_all`: every unit, then the orphan sweep; real planner) over the example deployment and over odd
 //! resources the schema admits, against the in-memory API server.
 
 mod controller_support;
@@ -11,7 +11,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams};
 use ssis_crds::*;
 use ssis_operator::catalog::{CatalogObservation, ReplicaObservation};
-use ssis_operator::controller::{Context, ReconcileReport, reconcile_world};
+use ssis_operator::controller::stores::Stores;
+use ssis_operator::controller::{Context, ReconcileReport, reconcile_all};
 
 /// The committed example deployment, with `stringData` Secrets turned into `data` (the in-memory
 /// server does not do that conversion).
@@ -49,7 +50,7 @@ fn example_objects() -> Vec<serde_json::Value> {
 async fn converge(ctx: &Context<FakeCatalog>, max_passes: usize) -> Vec<ReconcileReport> {
     let mut reports = vec![];
     for _ in 0..max_passes {
-        let report = reconcile_world(ctx).await.expect("pass");
+        let report = reconcile_all(ctx, &Stores::load(&ctx.client, OPERATOR_NS).await.unwrap()).await.expect("pass");
         let done = report.writes() == 0;
         reports.push(report);
         if done {
@@ -89,7 +90,7 @@ async fn unreachable_sql_does_not_stop_host_configs_and_a_converged_world_writes
     let everything = format!("{:?}{:?}", workers.items, host_configs.items);
     assert!(!everything.contains("CHANGE-ME"), "a Secret value leaked");
 
-    let again = reconcile_world(&ctx).await.unwrap();
+    let again = reconcile_all(&ctx, &Stores::load(&ctx.client, OPERATOR_NS).await.unwrap()).await.unwrap();
     assert_eq!(again.writes(), 0, "{again:?}");
 }
 
@@ -117,7 +118,7 @@ async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
         ssisdb: Some(Default::default()),
     });
     let (ctx, _) = context(client.clone(), catalog);
-    let first = reconcile_world(&ctx).await.unwrap();
+    let first = reconcile_all(&ctx, &Stores::load(&ctx.client, OPERATOR_NS).await.unwrap()).await.unwrap();
     assert!(first.sql_actions > 0, "an unprepared SSISDB gets SQL actions: {first:?}");
     let executed = ctx.catalog.executed.lock().unwrap().clone();
     assert_eq!(executed.len() as u32, first.sql_actions);

@@ -155,7 +155,8 @@ async fn api_conflicts_server_errors_and_lost_responses_only_delay_convergence()
     world.api.inject(FaultRule {
         fault: ApiFault::ServerError,
         component: Some(Component::Operator.name().to_string()),
-        resource: Some("nodes".into()),
+        // The operator reads Secret data only when a referenced Secret changes; its first read fails.
+        resource: Some("secrets".into()),
         writes_only: false,
         remaining: 1,
     });

@@ -195,7 +195,7 @@ async fn run_async(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-async fn start<C: Catalog>(
+async fn start<C: Catalog + 'static>(
     client: kube::Client,
     catalog: C,
     prepare_target: Option<PrepareTarget>,
@@ -218,6 +218,7 @@ async fn start<C: Catalog>(
         resync: args.resync,
         leader: leader_election.then(|| LeaseSettings::new(&args.lease_name, &args.namespace, &identity)),
         metrics_addr: args.metrics_addr,
+        concurrency: args.concurrency,
         ..Default::default()
     };
     tracing::info!(

@@ -19,7 +19,8 @@ use crate::plan::{CertificateRequestSource, PlanOutput};
 use super::certificates::{SecretData, certificate_secret, parse_certificate_secret};
 use super::dereference::{World, fingerprint};
 use super::{
-    CERTIFICATE_ID_LABEL, Context, FIELD_MANAGER, FINALIZER, ReconcileReport, is_conflict, is_not_found, object_key,
+    CERTIFICATE_ID_LABEL, Context, FIELD_MANAGER, FINALIZER, OWNER_ANNOTATION, ReconcileReport, is_conflict,
+    is_not_found, object_key,
 };
 
 /// Label marking an operator-namespace copy of a user Secret key (service-account passwords).
@@ -81,6 +82,9 @@ async fn issue_certificates<C: Catalog>(
         let secret = certificate_secret(&ctx.operator_namespace, &issued, data);
         // Server-side apply creates it, or overwrites a Secret of that name whose metadata was damaged.
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        if report.fenced_by(&ctx.fence) {
+            return;
+        }
         match secrets.patch(&secret_name, &params, &Patch::Apply(ssa_secret(&secret))).await {
             Ok(_) => {
                 report.secret_writes += 1;
@@ -112,6 +116,7 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
             data.is_some_and(|d| d.get(&copy.target_key).is_some_and(|v| v.0 == value))
                 && current.labels().get(SECRET_COPY_LABEL).map(String::as_str) == Some("true")
                 && current.annotations().get(COPIED_FROM_ANNOTATION) == Some(&copied_from)
+                && current.annotations().get(OWNER_ANNOTATION) == Some(&copy.owner)
         });
         if up_to_date {
             continue;
@@ -123,11 +128,14 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
                 "name": target,
                 "namespace": ctx.operator_namespace,
                 "labels": { MANAGED_BY_LABEL: MANAGED_BY_VALUE, SECRET_COPY_LABEL: "true" },
-                "annotations": { COPIED_FROM_ANNOTATION: copied_from },
+                "annotations": { COPIED_FROM_ANNOTATION: copied_from, OWNER_ANNOTATION: copy.owner },
             },
             "type": "Opaque",
             "data": BTreeMap::from([(copy.target_key.clone(), k8s_openapi::ByteString(value))]),
         });
+        if report.fenced_by(&ctx.fence) {
+            return;
+        }
         match secrets.patch(target, &params, &Patch::Apply(&body)).await {
             Ok(_) => {
                 report.secret_writes += 1;
@@ -169,6 +177,9 @@ async fn apply_host_configs<C: Catalog>(
         if current.is_some_and(|current| host_config_current(desired, current)) {
             continue;
         }
+        if report.fenced_by(&ctx.fence) {
+            return;
+        }
         match api.patch(name, &params, &Patch::Apply(host_config_body(name, desired))).await {
             Ok(_) => {
                 report.host_config_applies += 1;
@@ -179,8 +190,14 @@ async fn apply_host_configs<C: Catalog>(
         }
     }
     for (name, current) in &world.host_configs {
-        if plan.host_configs.contains_key(name) || current.meta().deletion_timestamp.is_some() {
+        if plan.host_configs.contains_key(name)
+            || current.meta().deletion_timestamp.is_some()
+            || !world.deletable_host_configs.contains(name)
+        {
             continue;
+        }
+        if report.fenced_by(&ctx.fence) {
+            return;
         }
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => {
@@ -243,6 +260,9 @@ async fn run_sql_actions<C: Catalog>(ctx: &Context<C>, world: &World, plan: &Pla
                     SecretValue::CatalogPassword => catalog_password.clone().unwrap_or_else(|| SecretString::new("")),
                 }
             };
+            if report.fenced_by(&ctx.fence) {
+                return;
+            }
             match ctx.catalog.execute(&target, action, &resolve).await {
                 Ok(()) => {
                     done += 1;
@@ -295,6 +315,9 @@ pub(crate) async fn publish<C: Catalog, K: Resource<DynamicType = ()>>(
 ) {
     let event =
         Event { type_, reason: reason.into(), note: Some(event_note(note)), action: action.into(), secondary: None };
+    if report.fenced_by(&ctx.fence) {
+        return;
+    }
     match ctx.recorder.publish(&event, &object.object_ref(&())).await {
         Ok(()) => report.events += 1,
         Err(error) => tracing::warn!(%error, reason, "publishing Event failed"),
@@ -354,6 +377,9 @@ async fn reconcile_finalizer<C: Catalog, K>(
     };
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
     let patch = json!({ "metadata": { "finalizers": wanted, "resourceVersion": object.resource_version() } });
+    if report.fenced_by(&ctx.fence) {
+        return;
+    }
     match api.patch(&object.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             report.finalizer_patches += 1;
@@ -422,6 +448,9 @@ async fn collect_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &Pla
         };
         if !unused {
             continue;
+        }
+        if report.fenced_by(&ctx.fence) {
+            return;
         }
         match api.delete(&name, &DeleteParams::default()).await {
             Ok(_) => {

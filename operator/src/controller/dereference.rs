@@ -1,25 +1,22 @@
-//! Dereference: read every input of the planner. Secret values stay here (for apply-time use);
-//! the planner only sees which keys exist and a fingerprint.
+//! Dereference: read every input of the planner for one unit of deployments, from the watch-fed
+//! stores. Secret values stay here (for apply-time use); the planner only sees which keys exist and
+//! a fingerprint.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Debug;
 
 use futures::StreamExt;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Node, Secret};
-use kube::api::{Api, ListParams};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use ssis_crds::{
-    HostConfig, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup,
-};
+use ssis_crds::{HostConfig, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup};
 
 use crate::catalog::{Catalog, CatalogObservation, CatalogTarget, ReplicaEndpoint, SecretString};
-use crate::plan::{NodeInfo, ObjectKey, PlanInput, SecretMeta};
+use crate::plan::topology::{Topology, UnitKey, referenced_secrets};
+use crate::plan::{NodeInfo, ObjectKey, PlanInput, SecretMeta, object_key as plan_object_key};
 
 use super::certificates::{newest_per_id, parse_certificate_secret};
-use super::{CERTIFICATE_ID_LABEL, Context, Error, ReconcileReport, WINDOWS_NODE_LABEL, object_key};
+use super::stores::Stores;
+use super::{CERTIFICATE_ID_LABEL, Context, Error, OWNER_ANNOTATION, ReconcileReport, WINDOWS_NODE_LABEL, object_key};
 
 /// How long one SQL observation may take before the group counts as unobserved this pass.
 const OBSERVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
@@ -32,7 +29,10 @@ pub struct World {
     pub secrets: BTreeMap<ObjectKey, Secret>,
     /// Current HostConfigs by name.
     pub host_configs: BTreeMap<String, HostConfig>,
-    /// Every Secret in the operator namespace carrying the managed-by label.
+    /// HostConfigs this unit may delete when it no longer wants them: no other unit puts
+    /// anything on their node.
+    pub deletable_host_configs: BTreeSet<String>,
+    /// The operator-namespace Secrets (managed-by label) that belong to this unit's resources.
     pub managed_secrets: Vec<Secret>,
 }
 
@@ -130,103 +130,165 @@ pub fn secret_meta(secret: &Secret) -> SecretMeta {
     }
 }
 
-async fn list_namespaced<K>(client: &kube::Client, namespaces: &[String]) -> Result<Vec<K>, kube::Error>
-where
-    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
-    if namespaces.is_empty() {
-        return Ok(Api::<K>::all(client.clone()).list(&ListParams::default()).await?.items);
-    }
-    let mut items = vec![];
-    for namespace in namespaces {
-        items.extend(Api::<K>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items);
-    }
-    Ok(items)
+/// The Windows nodes of the stores, sorted by name.
+pub fn node_infos(stores: &Stores) -> Vec<NodeInfo> {
+    let mut nodes: Vec<NodeInfo> = stores
+        .nodes
+        .state()
+        .iter()
+        .map(|node| {
+            let labels = node.metadata.labels.clone().unwrap_or_default();
+            let windows = labels.get(WINDOWS_NODE_LABEL).map(String::as_str) == Some("windows");
+            NodeInfo { name: node.name_any(), labels, windows }
+        })
+        .collect();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    nodes
 }
 
-/// Every Secret a custom resource references, as (namespace, name).
-fn referenced_secrets(
-    groups: &[SsisdbAvailabilityGroup],
-    masters: &[ScaleOutMasterGroup],
-    workers: &[ScaleOutWorker],
-) -> BTreeSet<(String, String)> {
-    let mut refs = BTreeSet::new();
-    for group in groups {
-        let ns = group.namespace().unwrap_or_default();
-        let spec = &group.spec;
-        refs.insert((ns.clone(), spec.admin_credentials.secret.name.clone()));
-        refs.insert((ns.clone(), spec.catalog_password_secret_ref.name.clone()));
-        refs.insert((ns.clone(), spec.logging_login.password_secret_ref.name.clone()));
-        if let Some(ca) = &spec.tls.ca_secret_ref {
-            refs.insert((ns.clone(), ca.name.clone()));
-        }
+/// The custom resource an operator-owned Secret belongs to, as `Kind/namespace/name`: from an
+/// issued certificate's id (`master/<ns>/<group>/...`, `worker/<ns>/<worker>/...`) or the
+/// [`OWNER_ANNOTATION`] of a password copy.
+pub fn secret_owner(secret: &Secret) -> Option<String> {
+    if let Some(owner) = secret.annotations().get(OWNER_ANNOTATION) {
+        return Some(owner.clone());
     }
-    for master in masters {
-        let ns = master.namespace().unwrap_or_default();
-        refs.insert((ns.clone(), master.spec.service_account.password_secret_ref.name.clone()));
-        if let Some(secret) = &master.spec.certificate.secret_ref {
-            refs.insert((ns.clone(), secret.name.clone()));
-        }
-    }
-    for worker in workers {
-        let ns = worker.namespace().unwrap_or_default();
-        if let Some(account) = &worker.spec.service_account {
-            refs.insert((ns.clone(), account.password_secret_ref.name.clone()));
-        }
-        if let Some(secret) = &worker.spec.certificate.secret_ref {
-            refs.insert((ns.clone(), secret.name.clone()));
-        }
-    }
-    // An empty name is admitted by no schema, but must not turn into a list call.
-    refs.retain(|(_, name)| !name.is_empty());
-    refs
+    let issued = parse_certificate_secret(secret)?;
+    let mut parts = issued.id.splitn(4, '/');
+    let kind = match parts.next()? {
+        "master" => "ScaleOutMasterGroup",
+        "worker" => "ScaleOutWorker",
+        _ => return None,
+    };
+    let (namespace, name) = (parts.next()?, parts.next()?);
+    Some(format!("{kind}/{namespace}/{name}"))
 }
 
-/// Read the world. API list failures abort the pass; a missing Secret or an unreachable SQL Server
-/// does not (the planner reports it).
-pub async fn dereference<C: Catalog>(ctx: &Context<C>, report: &mut ReconcileReport) -> Result<World, Error> {
-    let client = &ctx.client;
-    let namespaces = &ctx.watch_namespaces;
-    let read = |what: &'static str| move |source| Error::Read { what, source: Box::new(source) };
-    let availability_groups: Vec<SsisdbAvailabilityGroup> =
-        list_namespaced(client, namespaces).await.map_err(read("SsisdbAvailabilityGroups"))?;
-    let master_groups: Vec<ScaleOutMasterGroup> =
-        list_namespaced(client, namespaces).await.map_err(read("ScaleOutMasterGroups"))?;
-    let workers: Vec<ScaleOutWorker> = list_namespaced(client, namespaces).await.map_err(read("ScaleOutWorkers"))?;
-    let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default()).await.map_err(read("Nodes"))?.items;
-    let host_configs =
-        Api::<HostConfig>::all(client.clone()).list(&ListParams::default()).await.map_err(read("HostConfigs"))?.items;
-    let managed_secrets = Api::<Secret>::namespaced(client.clone(), &ctx.operator_namespace)
-        .list(&ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}")))
-        .await
-        .map_err(read("operator-namespace Secrets"))?
-        .items;
+/// What a pass reads: one unit of deployments (the operator), or everything in the stores (tests
+/// of the apply stage, previews).
+#[derive(Clone, Copy, Debug)]
+pub enum Scope<'a> {
+    Unit { topology: &'a Topology, unit: &'a UnitKey },
+    Everything,
+}
+
+impl Scope<'_> {
+    fn includes(&self, kind: &str, key: &ObjectKey) -> bool {
+        match self {
+            Scope::Unit { topology, unit } => topology.in_unit(unit, kind, key),
+            Scope::Everything => true,
+        }
+    }
+}
+
+/// Read what the planner needs for one unit of deployments, from the stores. A missing Secret or
+/// an unreachable SQL Server does not abort the pass (the planner reports it); only a failed read
+/// of a changed referenced Secret is a problem of this pass.
+pub async fn dereference<C: Catalog>(
+    ctx: &Context<C>,
+    stores: &Stores,
+    topology: &Topology,
+    unit: &UnitKey,
+    report: &mut ReconcileReport,
+) -> Result<World, Error> {
+    dereference_scope(ctx, stores, Scope::Unit { topology, unit }, report).await
+}
+
+/// [`dereference`] for any [`Scope`].
+pub async fn dereference_scope<C: Catalog>(
+    ctx: &Context<C>,
+    stores: &Stores,
+    scope: Scope<'_>,
+    report: &mut ReconcileReport,
+) -> Result<World, Error> {
+    let in_unit = |kind: &str, meta: &kube::api::ObjectMeta| scope.includes(kind, &plan_object_key(meta));
+    let availability_groups: Vec<SsisdbAvailabilityGroup> = stores
+        .availability_groups
+        .state()
+        .iter()
+        .filter(|o| in_unit("SsisdbAvailabilityGroup", &o.metadata))
+        .map(|o| (**o).clone())
+        .collect();
+    let master_groups: Vec<ScaleOutMasterGroup> = stores
+        .master_groups
+        .state()
+        .iter()
+        .filter(|o| in_unit("ScaleOutMasterGroup", &o.metadata))
+        .map(|o| (**o).clone())
+        .collect();
+    let workers: Vec<ScaleOutWorker> = stores
+        .workers
+        .state()
+        .iter()
+        .filter(|o| in_unit("ScaleOutWorker", &o.metadata))
+        .map(|o| (**o).clone())
+        .collect();
+    let nodes = node_infos(stores);
+
+    // HostConfigs of the unit's nodes, and those its resources still contribute to.
+    let unit_nodes: Option<BTreeSet<String>> = match scope {
+        Scope::Unit { topology, unit } => Some(topology.unit_nodes(unit)),
+        Scope::Everything => None,
+    };
+    let on_unit_node = |node: &str| unit_nodes.as_ref().is_none_or(|nodes| nodes.contains(node));
+    let contributes = |host_config: &HostConfig| {
+        host_config.spec.contributors.iter().any(|c| scope.includes(&c.kind, &format!("{}/{}", c.namespace, c.name)))
+    };
+    let host_configs: Vec<HostConfig> = stores
+        .host_configs
+        .state()
+        .iter()
+        .filter(|h| on_unit_node(&h.name_any()) || contributes(h))
+        .map(|h| (**h).clone())
+        .collect();
+    // A HostConfig may be deleted by this unit only when no other unit puts anything on its node.
+    let deletable_host_configs = host_configs
+        .iter()
+        .map(|h| h.name_any())
+        .filter(|node| match scope {
+            Scope::Unit { topology, unit } => topology.units_on_node(node).iter().all(|u| u == unit),
+            Scope::Everything => true,
+        })
+        .collect();
 
     let mut secrets = BTreeMap::new();
     for (namespace, name) in referenced_secrets(&availability_groups, &master_groups, &workers) {
-        match Api::<Secret>::namespaced(client.clone(), &namespace).get_opt(&name).await {
+        // Missing from the watched metadata: absent, and the planner says who references it.
+        let Some(meta) = stores.secrets.get(&namespace, &name) else { continue };
+        let version = meta.resource_version().unwrap_or_default();
+        match ctx.secret_cache.get(&ctx.client, &namespace, &name, &version).await {
             Ok(Some(secret)) => {
-                secrets.insert(format!("{namespace}/{name}"), secret);
+                secrets.insert(format!("{namespace}/{name}"), (*secret).clone());
             }
-            // Missing: the planner sees it absent and reports Stalled for whoever references it.
             Ok(None) => {}
             Err(error) => report.problem(format!("reading Secret {namespace}/{name}: {error}")),
         }
     }
 
+    let owned_by_unit = |secret: &Secret| match scope {
+        Scope::Everything => true,
+        Scope::Unit { .. } => secret_owner(secret).is_some_and(|owner| {
+            let (kind, key) = owner.split_once('/').unwrap_or((owner.as_str(), ""));
+            scope.includes(kind, &key.to_string())
+        }),
+    };
+    let managed_secrets: Vec<Secret> =
+        stores.owned_secrets.state().iter().filter(|s| owned_by_unit(s)).map(|s| (**s).clone()).collect();
     let issued_certificates = newest_per_id(
         managed_secrets
             .iter()
             .filter(|s| s.labels().contains_key(CERTIFICATE_ID_LABEL))
             .filter_map(parse_certificate_secret),
     );
-
-    let nodes = nodes
-        .into_iter()
-        .map(|node| {
-            let labels = node.metadata.labels.clone().unwrap_or_default();
-            let windows = labels.get(WINDOWS_NODE_LABEL).map(String::as_str) == Some("windows");
-            NodeInfo { name: node.name_any(), labels, windows }
+    let agent_leases = stores
+        .leases
+        .state()
+        .iter()
+        .filter_map(|lease| {
+            let spec = lease.spec.as_ref()?;
+            let node = spec.holder_identity.clone()?;
+            let renewed = spec.renew_time.as_ref()?.0;
+            on_unit_node(&node).then_some((node, renewed))
         })
         .collect();
 
@@ -242,9 +304,11 @@ pub async fn dereference<C: Catalog>(ctx: &Context<C>, report: &mut ReconcileRep
             secrets: secrets.iter().map(|(key, secret)| (key.clone(), secret_meta(secret))).collect(),
             issued_certificates,
             catalogs: BTreeMap::new(),
+            agent_leases,
         },
         secrets,
         host_configs: host_configs.into_iter().map(|h| (h.name_any(), h)).collect(),
+        deletable_host_configs,
         managed_secrets,
     };
     world.input.catalogs = observe_catalogs(ctx, &world, report).await;

@@ -82,7 +82,7 @@ impl Metrics {
     }
 }
 
-/// Readiness inputs shared by the watchers, the leader loop and the reconcile loop.
+/// Readiness and liveness inputs shared by the watchers, the leader loop and the reconciles.
 #[derive(Default)]
 pub struct Health {
     /// Every watch stream delivered its initial list.
@@ -90,9 +90,32 @@ pub struct Health {
     pub leader: AtomicBool,
     /// The first reconcile as leader finished.
     pub reconciled: AtomicBool,
+    /// Reconciles under way, by unit, with their start.
+    in_flight: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// A pass running longer than this (plus a grace) means the loop is wedged.
+    pass_timeout: std::time::Duration,
 }
 
 impl Health {
+    pub fn new(pass_timeout: std::time::Duration) -> Self {
+        Self { pass_timeout, ..Default::default() }
+    }
+
+    pub fn begin(&self, unit: &str) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).insert(unit.to_string(), std::time::Instant::now());
+    }
+
+    pub fn end(&self, unit: &str) {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).remove(unit);
+    }
+
+    /// Alive unless a pass has run past its own timeout by a minute: the timeout should have
+    /// ended it, so the loop is wedged and a restart is the way out.
+    pub fn alive(&self) -> bool {
+        let limit = self.pass_timeout + std::time::Duration::from_secs(60);
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).values().all(|started| started.elapsed() <= limit)
+    }
+
     /// Ready when caches synced and, for the leader, after its first reconcile.
     pub fn ready(&self) -> bool {
         self.synced.load(Ordering::SeqCst)
@@ -110,13 +133,17 @@ struct AppState {
 pub fn router(metrics: Arc<Metrics>, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(health_handler))
         .route("/readyz", get(ready_handler))
         .with_state(AppState { metrics, health })
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.encode())
+}
+
+async fn health_handler(State(state): State<AppState>) -> impl IntoResponse {
+    if state.health.alive() { (StatusCode::OK, "ok") } else { (StatusCode::SERVICE_UNAVAILABLE, "reconcile wedged") }
 }
 
 async fn ready_handler(State(state): State<AppState>) -> impl IntoResponse {

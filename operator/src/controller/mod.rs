@@ -1,9 +1,12 @@
-//! Controllers: one level-triggered reconcile of the whole "world".
+//! Controllers: one level-triggered reconcile per unit of deployments.
 //!
-//! HostConfigs merge contributions from every group and worker on a node, so the planning unit is
-//! every custom resource at once: [`reconcile_world`] runs dereference → plan (pure) → apply →
-//! update_status. It is a plain async function so the end-to-end harness can step it against an
-//! in-memory API server; [`runner`] adds watches, debounce, backoff and leader election around it.
+//! A deployment is an SsisdbAvailabilityGroup with the master groups and workers that reference it;
+//! deployments that share a Windows node form one unit (a HostConfig merges everything on its node;
+//! see [`crate::plan::topology`]). [`reconcile_unit`] runs dereference (from the watch-fed
+//! [`stores`]) → plan (pure) → apply → update_status for one unit; [`reconcile_orphans`] removes
+//! what no unit owns any more. Both are plain async functions, so the end-to-end harness steps them
+//! against an in-memory API server; [`runner`] drives them with kube-runtime's reflectors and
+//! applier (queue, debounce, concurrency, per-unit backoff) and leader election.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -17,9 +20,11 @@ pub mod certificates;
 pub mod dereference;
 pub mod leader;
 pub mod metrics;
+pub mod orphans;
 pub mod runner;
 pub mod startup;
 pub mod status;
+pub mod stores;
 
 pub use certificates::{CertificateIssuer, CertsIssuer, SecretData};
 pub use dereference::World;
@@ -36,6 +41,9 @@ pub const FINALIZER: &str = "ssis.sqlops.io/cleanup";
 pub const CERTIFICATE_ID_LABEL: &str = "ssis.sqlops.io/certificate-id";
 /// Name of the Windows-node label value selector.
 pub const WINDOWS_NODE_LABEL: &str = "kubernetes.io/os";
+/// Annotation on operator-namespace Secrets naming the custom resource they belong to
+/// (`Kind/namespace/name`), so the unit that owns the resource, and nobody else, collects them.
+pub const OWNER_ANNOTATION: &str = "ssis.sqlops.io/owner";
 
 /// Source of the current time; injectable so tests and the harness drive time without sleeping.
 pub trait Clock: Send + Sync {
@@ -95,6 +103,32 @@ pub struct Context<C: Catalog> {
     /// Called with each availability group's target and catalog password before it is observed
     /// (development mode: the simulated catalog creates the group's SQL world on first sight).
     pub prepare_target: Option<PrepareTarget>,
+    /// Data of referenced Secrets, read again only when their resourceVersion changes.
+    pub secret_cache: Arc<stores::SecretCache>,
+    /// Leadership: once lost, a running reconcile makes no further SQL action or API write.
+    pub fence: Fence,
+}
+
+/// Stops writes when leadership is lost (CloudNativePG's fencing): every SQL action and API write
+/// of a pass checks it first.
+#[derive(Clone, Debug)]
+pub struct Fence(Option<tokio::sync::watch::Receiver<bool>>);
+
+impl Fence {
+    /// No leader election: never fenced.
+    pub fn open() -> Self {
+        Self(None)
+    }
+
+    /// Fenced whenever `leading` reads false.
+    pub fn following(leading: tokio::sync::watch::Receiver<bool>) -> Self {
+        Self(Some(leading))
+    }
+
+    /// Whether writes must stop.
+    pub fn lost(&self) -> bool {
+        self.0.as_ref().is_some_and(|leading| !*leading.borrow())
+    }
 }
 
 /// See [`Context::prepare_target`].
@@ -120,6 +154,8 @@ impl<C: Catalog> Context<C> {
             metrics: Arc::new(Metrics::default()),
             concurrency: 4,
             prepare_target: None,
+            secret_cache: Arc::new(stores::SecretCache::default()),
+            fence: Fence::open(),
         }
     }
 }
@@ -150,6 +186,8 @@ pub struct ReconcileReport {
     pub problems: Vec<String>,
     /// SQL actions still planned for each availability group after this pass.
     pub pending_sql_actions: BTreeMap<String, usize>,
+    /// Leadership was lost during the pass: the remaining writes were not made.
+    pub fenced: bool,
 }
 
 impl ReconcileReport {
@@ -166,6 +204,34 @@ impl ReconcileReport {
     /// Whether the next pass should come after a backoff delay.
     pub fn needs_retry(&self) -> bool {
         !self.problems.is_empty() || self.conflicts > 0
+    }
+
+    /// Add another pass's counts (the harness sums the units of one round).
+    pub fn add(&mut self, other: ReconcileReport) {
+        self.host_config_applies += other.host_config_applies;
+        self.host_config_deletes += other.host_config_deletes;
+        self.secret_writes += other.secret_writes;
+        self.status_patches += other.status_patches;
+        self.sql_actions += other.sql_actions;
+        self.finalizer_patches += other.finalizer_patches;
+        self.events += other.events;
+        self.conflicts += other.conflicts;
+        self.stalled |= other.stalled;
+        self.problems.extend(other.problems);
+        self.pending_sql_actions.extend(other.pending_sql_actions);
+        self.fenced |= other.fenced;
+    }
+
+    /// Whether leadership was lost: then the pass must make no further write (it returns, and
+    /// the report says so).
+    pub(crate) fn fenced_by(&mut self, fence: &Fence) -> bool {
+        if fence.lost() {
+            if !self.fenced {
+                tracing::warn!("leadership lost: this pass makes no further SQL action or API write");
+            }
+            self.fenced = true;
+        }
+        self.fenced
     }
 
     fn problem(&mut self, message: impl Into<String>) {
@@ -188,10 +254,15 @@ pub enum Error {
     PlannerPanicked(String),
 }
 
-/// One pass over the whole world: dereference → plan → apply → update_status.
-pub async fn reconcile_world<C: Catalog>(ctx: &Context<C>) -> Result<ReconcileReport, Error> {
+/// One pass over one unit of deployments: dereference → plan → apply → update_status.
+pub async fn reconcile_unit<C: Catalog>(
+    ctx: &Context<C>,
+    stores: &stores::Stores,
+    topology: &crate::plan::topology::Topology,
+    unit: &crate::plan::topology::UnitKey,
+) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
-    let world = dereference::dereference(ctx, &mut report).await?;
+    let world = dereference::dereference(ctx, stores, topology, unit, &mut report).await?;
     let mut plan = run_planner(&world.input)?;
     report.stalled = status::any_stalled(&plan);
     apply::apply(ctx, &world, &plan, &mut report).await;
@@ -199,6 +270,33 @@ pub async fn reconcile_world<C: Catalog>(ctx: &Context<C>) -> Result<ReconcileRe
     status::update_status(ctx, &world, &plan, &mut report).await;
     ctx.metrics.record_report(&report);
     Ok(report)
+}
+
+/// The topology of what the stores hold now.
+pub fn topology_of(stores: &stores::Stores) -> crate::plan::topology::Topology {
+    let groups = stores.availability_groups.state();
+    let masters = stores.master_groups.state();
+    let workers = stores.workers.state();
+    let nodes = dereference::node_infos(stores);
+    crate::plan::topology::Topology::of(
+        groups.iter().map(|g| &**g),
+        masters.iter().map(|m| &**m),
+        workers.iter().map(|w| &**w),
+        &nodes,
+    )
+}
+
+/// Every unit once, in key order, then the orphan sweep: what the end-to-end harness runs as one
+/// operator pass. The reports are summed.
+pub async fn reconcile_all<C: Catalog>(ctx: &Context<C>, stores: &stores::Stores) -> Result<ReconcileReport, Error> {
+    let topology = topology_of(stores);
+    let mut total = ReconcileReport::default();
+    for unit in topology.members.keys() {
+        total.add(reconcile_unit(ctx, stores, &topology, unit).await?);
+    }
+    total.add(orphans::reconcile_orphans(ctx, stores, &topology).await);
+    ctx.secret_cache.retain(|namespace, name| topology.references_secret(namespace, name));
+    Ok(total)
 }
 
 /// The planner records the new logging-password fingerprint in the same pass that emits the SQL

@@ -112,6 +112,9 @@ async fn patch_statuses<C: Catalog, K: StatusKind>(
             continue;
         }
         let api: Api<K> = Api::namespaced(ctx.client.clone(), &object.namespace().unwrap_or_default());
+        if report.fenced_by(&ctx.fence) {
+            return written;
+        }
         match api.patch_status(&object.name_any(), &params, &Patch::Apply(status_body::<K>(&status))).await {
             Ok(_) => {
                 report.status_patches += 1;

@@ -105,6 +105,7 @@ impl NodeProblem {
 /// indexed here, so a pass stays linear in the number of nodes.
 pub struct Inventory<'a> {
     now: jiff::Timestamp,
+    agent_leases: &'a BTreeMap<String, jiff::Timestamp>,
     nodes: BTreeMap<&'a str, &'a NodeInfo>,
     host_configs: BTreeMap<&'a str, &'a HostConfig>,
     /// Windows nodes by the (upper-case) worker `AgentId` their agent reports, in node-name order.
@@ -117,6 +118,7 @@ impl<'a> Inventory<'a> {
     pub fn new(input: &'a PlanInput) -> Self {
         let mut inventory = Self {
             now: input.now,
+            agent_leases: &input.agent_leases,
             nodes: input.nodes.iter().map(|n| (n.name.as_str(), n)).collect(),
             host_configs: input
                 .host_configs
@@ -157,14 +159,18 @@ impl<'a> Inventory<'a> {
         self.nodes.contains_key(node)
     }
 
+    /// Liveness: the agent's Lease renewal, or (agents without a Lease) the last status it wrote.
     pub fn agent_problem(&self, node: &str) -> Option<AgentProblem> {
-        let Some(agent) = self.host_configs.get(node).and_then(|hc| hc.status.as_ref()).and_then(|s| s.agent.as_ref())
-        else {
+        let agent = self.host_configs.get(node).and_then(|hc| hc.status.as_ref()).and_then(|s| s.agent.as_ref());
+        let from_status = agent.and_then(|a| a.last_heartbeat_time.parse::<jiff::Timestamp>().ok());
+        let last = self.agent_leases.get(node).copied().into_iter().chain(from_status).max();
+        if agent.is_none() {
             return Some(AgentProblem::NeverReported);
-        };
-        match agent.last_heartbeat_time.parse::<jiff::Timestamp>() {
-            Ok(last) if self.now.duration_since(last) <= AGENT_STALE_AFTER => None,
-            _ => Some(AgentProblem::Stale { last_heartbeat: agent.last_heartbeat_time.clone() }),
+        }
+        match last {
+            Some(last) if self.now.duration_since(last) <= AGENT_STALE_AFTER => None,
+            Some(last) => Some(AgentProblem::Stale { last_heartbeat: last.to_string() }),
+            None => Some(AgentProblem::Stale { last_heartbeat: "never".into() }),
         }
     }
 

@@ -60,6 +60,7 @@ fn logon_account(pass: &mut Pass, group: &ScaleOutMasterGroup, key: &str, findin
         pass.output.secret_copies.insert(
             copy_name.clone(),
             SecretCopy {
+                owner: format!("ScaleOutMasterGroup/{key}"),
                 source_namespace: namespace.to_string(),
                 source_name: secret.name.clone(),
                 source_key: secret.key.clone(),

@@ -23,6 +23,7 @@ pub mod fresh_install;
 pub mod inventory;
 pub mod master;
 pub mod merge;
+pub mod topology;
 pub mod worker;
 
 /// `namespace/name` of a namespaced object.
@@ -48,6 +49,8 @@ pub struct PlanInput {
     pub issued_certificates: BTreeMap<String, IssuedCertificate>,
     /// Observed SQL state per SsisdbAvailabilityGroup (`namespace/name`); absent = not observed.
     pub catalogs: BTreeMap<ObjectKey, CatalogObservation>,
+    /// Last renewal of each node agent's liveness Lease, by node name.
+    pub agent_leases: BTreeMap<String, jiff::Timestamp>,
 }
 
 /// A Kubernetes node.
@@ -114,6 +117,8 @@ pub struct PlanOutput {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretCopy {
+    /// The custom resource that needs the copy, `Kind/namespace/name`.
+    pub owner: String,
     pub source_namespace: String,
     pub source_name: String,
     pub source_key: String,

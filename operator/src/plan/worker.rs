@@ -191,6 +191,7 @@ pub(crate) fn plan_worker(
             pass.output.secret_copies.insert(
                 copy_name.clone(),
                 SecretCopy {
+                    owner: format!("ScaleOutWorker/{key}"),
                     source_namespace: namespace.clone(),
                     source_name: secret.name.clone(),
                     source_key: secret.key.clone(),

@@ -1,6 +1,6 @@
 //! The deterministic in-process world: an in-memory Kubernetes API, simulated Windows hosts in a
 //! world directory each driven by the real agent engine, the simulated SSISDB / availability group,
-//! and the real operator `reconcile_world`, stepped in rounds:
+//! and the real operator (every unit's `reconcile_unit` and the orphan sweep), stepped in rounds:
 //!
 //! operator pass → every agent pass (node name order) → simulated network observe → catalog
 //! ingest → clock advance.
@@ -38,7 +38,8 @@ use ssis_crds::{
 };
 
 use crate::catalog::{SimulatedCatalog, SqlAction, simulated::IngestReport};
-use crate::controller::{Clock, Context, ManualClock, ReconcileReport, reconcile_world};
+use crate::controller::stores::{Snapshot, StoreWriters, Stores};
+use crate::controller::{Clock, Context, ManualClock, ReconcileReport, reconcile_all};
 
 use self::api::{Component, SimulatedApi, WriteKey};
 use self::issuer::SeededIssuer;
@@ -203,6 +204,10 @@ pub struct World {
     pub last: RoundReport,
     recording: RecordingCatalog<SimulatedCatalog>,
     ctx: Context<RecordingCatalog<SimulatedCatalog>>,
+    /// The operator's stores, refilled from the API server before each operator pass (the
+    /// running operator keeps them current with watches; here every pass sees the latest state).
+    stores: Stores,
+    writers: StoreWriters,
     directory: WorldDirectory,
 }
 
@@ -227,6 +232,7 @@ impl World {
         let issuer = Arc::new(SeededIssuer::new(options.seed));
         let recording = RecordingCatalog::new(catalog.clone());
         let ctx = operator_context(&api, &recording, &catalog, &clock, &issuer, &options.operator_namespace);
+        let (stores, writers) = Stores::writable();
         let mut world = Self {
             api,
             catalog,
@@ -241,6 +247,8 @@ impl World {
             last: RoundReport::default(),
             recording,
             ctx,
+            stores,
+            writers,
             directory,
         };
         for (name, setup) in setups {
@@ -321,18 +329,62 @@ impl World {
         report
     }
 
-    /// What the planner would see now (the operator's dereference stage), e.g. to time the pure
-    /// planner on its own.
-    pub async fn plan_input(&self) -> Result<crate::plan::PlanInput, String> {
+    /// The API server's current objects, as the operator's watches would hold them.
+    pub fn snapshot(&self) -> Snapshot {
+        fn all<K: serde::de::DeserializeOwned>(
+            server: &ssis_sim_apiserver::ApiServer,
+            group: &str,
+            plural: &str,
+        ) -> Vec<K> {
+            server.objects(group, plural).into_iter().filter_map(|o| serde_json::from_value(o).ok()).collect()
+        }
+        let server = &self.api.server;
+        Snapshot {
+            availability_groups: all(server, ssis_crds::GROUP, "ssisdbavailabilitygroups"),
+            master_groups: all(server, ssis_crds::GROUP, "scaleoutmastergroups"),
+            workers: all(server, ssis_crds::GROUP, "scaleoutworkers"),
+            host_configs: all(server, ssis_crds::GROUP, "hostconfigs"),
+            nodes: all(server, "", "nodes"),
+            secrets: all(server, "", "secrets"),
+            leases: all(server, "coordination.k8s.io", "leases"),
+        }
+    }
+
+    /// Bring the operator's stores up to date with the API server.
+    pub fn sync_stores(&mut self) {
+        let snapshot = self.snapshot();
+        self.writers.replace(snapshot, &self.options.operator_namespace);
+    }
+
+    /// What the planner would see now for the unit of deployments `unit` (the operator's
+    /// dereference stage), e.g. to time the pure planner on its own.
+    pub async fn plan_input(&mut self, unit: &str) -> Result<crate::plan::PlanInput, String> {
+        self.sync_stores();
+        let topology = crate::controller::topology_of(&self.stores);
         let mut report = ReconcileReport::default();
-        let world =
-            crate::controller::dereference::dereference(&self.ctx, &mut report).await.map_err(|e| e.to_string())?;
+        let world = crate::controller::dereference::dereference(
+            &self.ctx,
+            &self.stores,
+            &topology,
+            &unit.to_string(),
+            &mut report,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         Ok(world.input)
     }
 
-    /// The operator's `reconcile_world` once.
+    /// The units of deployments the operator plans separately.
+    pub fn units(&mut self) -> Vec<String> {
+        self.sync_stores();
+        crate::controller::topology_of(&self.stores).members.keys().cloned().collect()
+    }
+
+    /// One operator pass: every unit of deployments, then the orphan sweep, from stores that hold
+    /// the API server's current state.
     pub async fn operator_pass(&mut self) -> Result<ReconcileReport, String> {
-        reconcile_world(&self.ctx).await.map_err(|e| e.to_string())
+        self.sync_stores();
+        reconcile_all(&self.ctx, &self.stores).await.map_err(|e| e.to_string())
     }
 
     /// The simulated network once: which heartbeats get through, delivered to SQL.

@@ -178,7 +178,8 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
     );
 
     // The pure planner on the fleet's input.
-    let input = world.plan_input().await.expect("plan input");
+    let unit = world.units().into_iter().next().expect("a unit");
+    let input = world.plan_input(&unit).await.expect("plan input");
     // FLEET_BENCH_PLAN_RUNS raises the count, e.g. to profile the planner with `perf record`.
     let runs = std::env::var("FLEET_BENCH_PLAN_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(21usize).max(1);
     let (mut cpu_ms, mut wall_ms) = (Vec::new(), Vec::new());
