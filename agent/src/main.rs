@@ -83,9 +83,6 @@ struct RunArgs {
     /// Time between drift polls (e.g. 2s, 500ms, 1m).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     drift_interval: Duration,
-    /// The status heartbeat moves at most this often when nothing changes.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    heartbeat_interval: Duration,
     /// Kubeconfig file; default: in-cluster configuration, then $KUBECONFIG / ~/.kube/config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -201,7 +198,7 @@ async fn run_agent(args: RunArgs, shutdown: impl std::future::Future<Output = ()
     let config = RuntimeConfig {
         node_name: args.node_name.clone(),
         namespace: args.namespace.clone(),
-        agent: AgentConfig { safety, heartbeat_interval: args.heartbeat_interval, ..AgentConfig::default() },
+        agent: AgentConfig { safety, ..AgentConfig::default() },
         drift_interval: args.drift_interval,
     };
     tracing::info!(node = %args.node_name, namespace = %args.namespace, backend = host.backend_name(), "agent started");

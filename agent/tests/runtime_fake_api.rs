@@ -149,3 +149,96 @@ async fn missing_host_config_is_not_an_error() {
     };
     assert_eq!(sync_once(&client, &host, &config).await.unwrap(), SyncOutcome::NoHostConfig);
 }
+
+/// Requests of the agent so far, by verb and resource path.
+fn agent_requests(server: &ApiServer) -> std::collections::BTreeMap<(String, String), u64> {
+    let mut requests = std::collections::BTreeMap::new();
+    for (key, n) in &server.ledger().requests {
+        if key.component == "agent" {
+            *requests.entry((key.verb.clone(), key.resource_path())).or_default() += n;
+        }
+    }
+    requests
+}
+
+/// The running agent (`runtime::run`) over simulated minutes on tokio's paused clock: after it has
+/// applied its HostConfig, drift polls make no API request; the Lease is renewed at most once per
+/// 30 s; a Secret is read again only when the operator records a new version for it.
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_running_agent_costs_the_api_server_only_its_lease_and_rereads_a_secret_only_when_it_changed() {
+    let world = World::new("runtime-quiet");
+    let worker = world.provision("w1", "worker");
+    let master = master_certificate(&["ssis-master"]);
+    let mut spec = worker_spec(
+        &master.thumbprint,
+        worker.worker_certificate_thumbprint.as_deref().unwrap(),
+        "https://ssis-master:8391",
+    );
+    spec.secret_versions = vec![SecretVersion { name: "master-cert".into(), version: "sha256:01".into() }];
+    let host_config = HostConfig::new("w1", spec.clone());
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some("master-cert".into()),
+            namespace: Some(NAMESPACE.into()),
+            ..Default::default()
+        },
+        data: Some([(host_secret_keys::CERTIFICATE_DER.to_string(), ByteString(master.der.clone()))].into()),
+        ..Default::default()
+    };
+    let server = fake_api(vec![as_json(&host_config), as_json(&secret)]);
+    let client = agent_client(&server);
+    let boxed: Box<dyn Host> = Box::new(world.host("w1"));
+    let host: SharedHost = Arc::new(Mutex::new(boxed));
+    let config = RuntimeConfig {
+        node_name: "w1".into(),
+        namespace: NAMESPACE.into(),
+        agent: AgentConfig::default(),
+        drift_interval: Duration::from_secs(2),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let agent = tokio::spawn(ssis_agent::runtime::run(client.clone(), host, config, async {
+        let _ = stopped.await;
+    }));
+    // Settle: the first passes apply the HostConfig and write the status.
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert!(ready(&stored_status(&client).await));
+    let settled = agent_requests(&server);
+    // Two quiet minutes: 60 drift polls.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let quiet = agent_requests(&server);
+    let mut delta: Vec<((String, String), u64)> = quiet
+        .iter()
+        .map(|(k, n)| (k.clone(), n - settled.get(k).copied().unwrap_or(0)))
+        .filter(|(_, n)| *n > 0)
+        .collect();
+    delta.sort();
+    assert_eq!(delta, vec![(("patch".to_string(), "leases".to_string()), 4)], "quiet minutes cost only Lease renewals");
+    let secret_gets = quiet.get(&("get".to_string(), "secrets".to_string())).copied().unwrap_or(0);
+    assert_eq!(secret_gets, 1, "the Secret was read once");
+
+    let secret_gets = |requests: &std::collections::BTreeMap<(String, String), u64>| {
+        requests.get(&("get".to_string(), "secrets".to_string())).copied().unwrap_or(0)
+    };
+    // Drift that needs the certificate again: repaired from the Secret already read.
+    faults::delete_certificate(&world.root("w1"), CertStore::Root, &master.thumbprint).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(stored_status(&client).await.drift.map(|d| d.repairs), Some(1));
+    assert_eq!(secret_gets(&agent_requests(&server)), 1, "repaired from the cached Secret");
+
+    // The operator records a new version: the next import reads the Secret again, once.
+    spec.secret_versions[0].version = "sha256:02".into();
+    let api: Api<HostConfig> = Api::all(server.client(Identity::new("operator", "operator")));
+    let mut changed = serde_json::json!({ "apiVersion": "ssis.sqlops.io/v1alpha1", "kind": "HostConfig",
+                                          "metadata": { "name": "w1" } });
+    changed["spec"] = serde_json::to_value(&spec).unwrap();
+    api.patch("w1", &kube::api::PatchParams::apply("ssis-operator").force(), &kube::api::Patch::Apply(changed))
+        .await
+        .unwrap();
+    faults::delete_certificate(&world.root("w1"), CertStore::Root, &master.thumbprint).unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let after = agent_requests(&server);
+    assert_eq!(secret_gets(&after), 2, "{after:?}");
+    assert_eq!(after.get(&("watch".to_string(), "hostconfigs".to_string())).copied(), Some(1), "{after:?}");
+    let _ = stop.send(());
+    agent.await.unwrap().unwrap();
+}

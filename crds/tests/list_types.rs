@@ -127,6 +127,7 @@ fn keyed_lists_carry_the_keys_of_their_identity() {
         ("HostConfig", "/properties/spec/properties/registryValues", &["name"]),
         ("HostConfig", "/properties/spec/properties/services", &["role"]),
         ("HostConfig", "/properties/spec/properties/httpSslBindings", &["ipPort"]),
+        ("HostConfig", "/properties/spec/properties/secretVersions", &["name"]),
         ("HostConfig", "/properties/status/properties/items", &["name"]),
         ("HostConfig", "/properties/status/properties/certificates", &["store", "thumbprint"]),
         ("HostConfig", "/properties/status/properties/services", &["role"]),

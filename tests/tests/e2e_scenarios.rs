@@ -91,18 +91,19 @@ async fn a_converged_world_writes_nothing_for_100_rounds() {
     let writes = world.run_rounds(100).await;
     let mut after = world.totals.clone();
     assert_eq!(writes, 0, "steady state must not write: {:?} → {:?}", before, after);
-    // The only periodic write is the agents' liveness heartbeat, at most once per heartbeat
-    // interval per agent (100 rounds of 1 s: at most two per agent).
-    let heartbeats = after.heartbeats - before.heartbeats;
-    assert!(heartbeats <= 2 * world.nodes.len() as u64, "{heartbeats} heartbeats");
-    let status_writes = |totals: &ssis_operator::simulation::Totals| -> u64 {
-        totals.api.iter().filter(|(k, _)| k.resource == "hostconfigs/status").map(|(_, n)| n).sum()
+    // The only periodic write is each agent's liveness Lease, renewed at most once per 30 s
+    // (100 rounds of 1 s: at most four per agent); no status is written.
+    let renewals = after.lease_renewals - before.lease_renewals;
+    assert!(renewals >= 3 * world.nodes.len() as u64, "every agent keeps its Lease: {renewals}");
+    assert!(renewals <= 4 * world.nodes.len() as u64, "{renewals} renewals");
+    let lease_writes = |totals: &ssis_operator::simulation::Totals| -> u64 {
+        totals.api.iter().filter(|(k, _)| k.resource == "leases").map(|(_, n)| n).sum()
     };
-    assert_eq!(status_writes(&after) - status_writes(&before), heartbeats, "agent writes are heartbeats only");
-    after.api.retain(|k, _| k.resource != "hostconfigs/status");
+    assert_eq!(lease_writes(&after) - lease_writes(&before), renewals);
+    after.api.retain(|k, _| k.resource != "leases");
     let mut before_api = before.api.clone();
-    before_api.retain(|k, _| k.resource != "hostconfigs/status");
-    assert_eq!(before_api, after.api, "no other API write");
+    before_api.retain(|k, _| k.resource != "leases");
+    assert_eq!(before_api, after.api, "no other API write, no status write");
     assert_eq!(before.sql, after.sql, "no SQL statement");
     assert_eq!(before.host, after.host, "no host write");
 }

@@ -11,7 +11,7 @@
 //! 5. [`status`] — build the `HostConfigStatus` (pure).
 //!
 //! A converged host yields no steps, so a pass over it performs zero host writes and produces
-//! the same status as before (the heartbeat moves at most once per heartbeat interval).
+//! the same status as before (liveness is the agent's Lease, not the status).
 
 pub mod applied_state;
 pub mod execute;
@@ -21,7 +21,6 @@ pub mod status;
 pub mod validate;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 use ssis_crds::{HostConfigSpec, HostConfigStatus};
 
@@ -78,19 +77,13 @@ impl SecretSource for DirSecretSource {
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
     pub safety: SafetyConfig,
-    /// The status heartbeat moves at most this often when nothing else changes.
-    pub heartbeat_interval: Duration,
     /// Reported in `status.agent.version`.
     pub agent_version: String,
 }
 
 impl Default for AgentConfig {
     fn default() -> Self {
-        Self {
-            safety: SafetyConfig::default(),
-            heartbeat_interval: Duration::from_secs(60),
-            agent_version: env!("CARGO_PKG_VERSION").to_string(),
-        }
+        Self { safety: SafetyConfig::default(), agent_version: env!("CARGO_PKG_VERSION").to_string() }
     }
 }
 

@@ -274,7 +274,8 @@ pub fn build(input: StatusInput<'_>) -> HostConfigStatus {
     status
 }
 
-/// The agent block; its heartbeat moves when the rest of the status changed or the interval passed.
+/// The agent block. `lastHeartbeatTime` is the time the status last changed: liveness is the
+/// agent's Lease, so a converged host keeps an identical status and causes no write.
 fn agent_info(
     computer_name: String,
     status: &HostConfigStatus,
@@ -292,14 +293,8 @@ fn agent_info(
     let heartbeat = previous_agent
         .as_ref()
         .filter(|_| rest_unchanged)
-        .and_then(|a| a.last_heartbeat_time.parse::<jiff::Timestamp>().ok())
-        .filter(|last| {
-            let elapsed = now.duration_since(*last);
-            elapsed >= jiff::SignedDuration::ZERO
-                && elapsed
-                    < jiff::SignedDuration::try_from(config.heartbeat_interval).unwrap_or(jiff::SignedDuration::ZERO)
-        })
-        .map(|last| last.to_string())
+        .map(|a| a.last_heartbeat_time.clone())
+        .filter(|last| !last.is_empty())
         .unwrap_or_else(|| now.to_string());
     AgentInfo {
         version: config.agent_version.clone(),

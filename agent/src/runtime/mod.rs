@@ -1,25 +1,31 @@
-//! The Kubernetes side of the agent: read the node's HostConfig, read referenced Secrets (by name,
-//! one namespace), run [`reconcile_host`] on a blocking thread, write the status with server-side
-//! apply on the status subresource (field manager `ssis-agent`), and repeat.
+//! The Kubernetes side of the agent, built like the kubelet's:
 //!
-//! Drift detection is a short poll: every `drift_interval` (default 2 s) the agent runs a full
-//! pass, which on a converged host is reads only (a few small files, two certificate stores,
-//! three services, one binding) and writes nothing — not even status. A poll covers every kind of
-//! drift the same way (files, certificate stores, registry, services, HTTP.SYS, the cluster role),
-//! works identically on Windows and on simulated hosts shared across processes, and keeps repair
-//! under 5 s; file-change notifications would cover files only and miss stores and services. A
-//! HostConfig watch (field selector `metadata.name=<node>`) triggers a pass at once when the spec
-//! changes. Failed passes back off exponentially (backon) instead of polling.
+//! - its HostConfig comes from one watch (a reflector on the object named after the node, field
+//!   selector `metadata.name=<node>`): a spec change starts a pass at once;
+//! - referenced Secrets are read by name from one namespace and kept ([`SecretCache`]); one is read
+//!   again only when the version the operator records for it in the spec (`secretVersions`)
+//!   changes;
+//! - drift detection is a short poll of the host only (default 2 s): on a converged host a pass
+//!   reads a few small files, two certificate stores, three services and one binding, and makes no
+//!   API request at all. A poll covers every kind of drift alike (files, stores, registry,
+//!   services, HTTP.SYS, the cluster role), where file notifications would cover files only;
+//! - liveness is a `coordination.k8s.io` Lease renewed every 30 s ([`renew_lease`]), and the
+//!   status is written (server-side apply on the status subresource, field manager `ssis-agent`)
+//!   only when it changed.
+//!
+//! Failed passes back off exponentially (backon).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use backon::BackoffBuilder;
 use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use ssis_crds::{HostConfig, HostConfigStatus};
@@ -59,37 +65,61 @@ pub enum SyncOutcome {
     },
 }
 
-/// Secrets read by name from one namespace, each fetched at most once per pass. Used from the
-/// blocking reconcile thread.
-pub struct KubeSecretSource {
-    api: Api<Secret>,
-    handle: tokio::runtime::Handle,
-    cache: Mutex<BTreeMap<String, Option<Secret>>>,
+/// A Secret as read (`None`: it did not exist) with the version the spec named then.
+type CachedSecret = (Option<String>, Option<Secret>);
+
+/// The Secrets the agent has read, with the version the spec named when it read them.
+#[derive(Debug, Default)]
+pub struct SecretCache {
+    entries: Mutex<HashMap<String, CachedSecret>>,
+    /// Secret reads made (for tests and benchmarks).
+    reads: std::sync::atomic::AtomicU64,
 }
 
-impl KubeSecretSource {
-    pub fn new(client: Client, namespace: &str, handle: tokio::runtime::Handle) -> Self {
-        Self { api: Api::namespaced(client, namespace), handle, cache: Mutex::new(BTreeMap::new()) }
+impl SecretCache {
+    /// Secret GETs made so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
-impl SecretSource for KubeSecretSource {
+/// What one pass reads Secrets through: the cache, reading a Secret again only when the spec's
+/// version for it differs from the cached one (or names none). Used from the blocking thread.
+struct PassSecrets {
+    cache: Arc<SecretCache>,
+    versions: BTreeMap<String, String>,
+    api: Api<Secret>,
+    handle: tokio::runtime::Handle,
+}
+
+impl SecretSource for PassSecrets {
     fn get(&self, secret_name: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        let mut cache = self.cache.lock().map_err(|_| "secret cache poisoned".to_string())?;
-        if !cache.contains_key(secret_name) {
+        let wanted = self.versions.get(secret_name).cloned();
+        let mut entries = self.cache.entries.lock().map_err(|_| "secret cache poisoned".to_string())?;
+        let fresh = entries.get(secret_name).is_some_and(|(version, _)| version.is_some() && *version == wanted);
+        if !fresh {
+            self.cache.reads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let fetched = self
                 .handle
                 .block_on(self.api.get_opt(secret_name))
                 .map_err(|error| format!("cannot read Secret {secret_name}: {error}"))?;
-            cache.insert(secret_name.to_string(), fetched);
+            entries.insert(secret_name.to_string(), (wanted, fetched));
         }
-        let secret = cache.get(secret_name).cloned().flatten();
+        let secret = entries.get(secret_name).and_then(|(_, secret)| secret.clone());
         Ok(secret.and_then(|s| {
             s.data
                 .and_then(|data| data.get(key).map(|v| v.0.clone()))
                 .or_else(|| s.string_data.and_then(|data| data.get(key).map(|v| v.clone().into_bytes())))
         }))
     }
+}
+
+/// What an agent keeps between passes.
+#[derive(Debug, Default)]
+pub struct AgentState {
+    pub secrets: Arc<SecretCache>,
+    /// When the liveness Lease was last renewed.
+    pub lease_renewed: Mutex<Option<jiff::Timestamp>>,
 }
 
 /// Whether a pass writes the status it computed.
@@ -114,10 +144,26 @@ pub struct PassDetail {
     pub status_write_error: Option<kube::Error>,
 }
 
-/// One pass: read the HostConfig, reconcile the host, write the status if it changed.
+/// One pass with a HostConfig read now (one GET), for tools and tests; the running agent takes the
+/// HostConfig from its watch ([`run`]).
 pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfig) -> anyhow::Result<SyncOutcome> {
+    let state = AgentState::default();
+    let host_config = Api::<HostConfig>::all(client.clone())
+        .get_opt(&config.node_name)
+        .await
+        .with_context(|| format!("reading HostConfig {}", config.node_name))?;
+    sync_outcome(client, host, config, host_config, &state).await
+}
+
+async fn sync_outcome(
+    client: &Client,
+    host: &SharedHost,
+    config: &RuntimeConfig,
+    host_config: Option<HostConfig>,
+    state: &AgentState,
+) -> anyhow::Result<SyncOutcome> {
     let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
-    let Some(pass) = sync_at(client, host, config, now, StatusWrite::IfChanged).await? else {
+    let Some(pass) = sync_with(client, host, config, host_config, state, now, StatusWrite::IfChanged).await? else {
         return Ok(SyncOutcome::NoHostConfig);
     };
     let report = pass.report;
@@ -137,26 +183,30 @@ pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfi
     Ok(SyncOutcome::Synced { status_written: pass.status_written, report })
 }
 
-/// One pass with the clock reading `now` (the simulated world passes its manual clock):
-/// `None` when no HostConfig is named after the node.
-pub async fn sync_at(
+/// One pass over `host_config` (as the agent's watch holds it; `None`: no HostConfig for this node)
+/// with the clock reading `now` (the simulated world passes its manual clock). Secrets go through
+/// `state`'s cache; the status is written only when it changed.
+pub async fn sync_with(
     client: &Client,
     host: &SharedHost,
     config: &RuntimeConfig,
+    host_config: Option<HostConfig>,
+    state: &AgentState,
     now: jiff::Timestamp,
     write: StatusWrite,
 ) -> anyhow::Result<Option<PassDetail>> {
-    let api: Api<HostConfig> = Api::all(client.clone());
-    // A list with a name field selector: the same query as the watch, and it needs only list RBAC.
-    let selector = ListParams::default().fields(&format!("metadata.name={}", config.node_name));
-    let listed = api.list(&selector).await.with_context(|| format!("reading HostConfig {}", config.node_name))?;
-    let Some(host_config) = listed.items.into_iter().find(|h| h.name_any() == config.node_name) else {
+    let Some(host_config) = host_config.filter(|h| h.name_any() == config.node_name) else {
         return Ok(None);
     };
     let spec = host_config.spec.clone();
     let generation = host_config.metadata.generation.unwrap_or(0);
     let previous = host_config.status.clone();
-    let secrets = KubeSecretSource::new(client.clone(), &config.namespace, tokio::runtime::Handle::current());
+    let secrets = PassSecrets {
+        cache: state.secrets.clone(),
+        versions: spec.secret_versions.iter().map(|v| (v.name.clone(), v.version.clone())).collect(),
+        api: Api::namespaced(client.clone(), &config.namespace),
+        handle: tokio::runtime::Handle::current(),
+    };
     let shared = host.clone();
     let agent = config.agent.clone();
     let (previous, status, report) = tokio::task::spawn_blocking(move || {
@@ -174,12 +224,57 @@ pub async fn sync_at(
             "status": pass.status,
         });
         let params = PatchParams::apply(FIELD_MANAGER).force();
+        let api: Api<HostConfig> = Api::all(client.clone());
         match api.patch_status(&host_config.name_any(), &params, &Patch::Apply(patch)).await {
             Ok(_) => pass.status_written = true,
             Err(error) => pass.status_write_error = Some(error),
         }
     }
     Ok(Some(pass))
+}
+
+/// Renew this node's liveness Lease when it is due (at most once per
+/// [`ssis_crds::agent_lease::RENEW_EVERY_SECONDS`]); returns whether a renewal was sent.
+pub async fn renew_lease(
+    client: &Client,
+    config: &RuntimeConfig,
+    state: &AgentState,
+    now: jiff::Timestamp,
+) -> Result<bool, kube::Error> {
+    use ssis_crds::agent_lease;
+    let every = jiff::SignedDuration::from_secs(agent_lease::RENEW_EVERY_SECONDS as i64);
+    let last = *state.lease_renewed.lock().unwrap_or_else(|p| p.into_inner());
+    if last.is_some_and(|last| now.duration_since(last) < every) {
+        return Ok(false);
+    }
+    write_lease(client, config, state, now).await?;
+    Ok(true)
+}
+
+/// Write this node's liveness Lease with `renewTime` = `now` (the running agent does so on its
+/// own 30-second timer).
+pub async fn write_lease(
+    client: &Client,
+    config: &RuntimeConfig,
+    state: &AgentState,
+    now: jiff::Timestamp,
+) -> Result<(), kube::Error> {
+    use ssis_crds::agent_lease;
+    let name = agent_lease::name(&config.node_name);
+    let lease = serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": { "name": name, "namespace": config.namespace, "labels": { agent_lease::LABEL: "true" } },
+        "spec": {
+            "holderIdentity": config.node_name,
+            "leaseDurationSeconds": agent_lease::DURATION_SECONDS,
+            "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(now),
+        },
+    });
+    let api: Api<Lease> = Api::namespaced(client.clone(), &config.namespace);
+    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(lease)).await?;
+    *state.lease_renewed.lock().unwrap_or_else(|p| p.into_inner()) = Some(now);
+    Ok(())
 }
 
 fn retry_backoff() -> impl Iterator<Item = Duration> {
@@ -191,8 +286,9 @@ fn retry_backoff() -> impl Iterator<Item = Duration> {
         .build()
 }
 
-/// Run until `shutdown` resolves: a pass at start, on every HostConfig event and every
-/// `drift_interval`; failures back off exponentially.
+/// Run until `shutdown` resolves: a pass once the HostConfig watch has its initial state, on every
+/// change of the HostConfig and every `drift_interval`; failures back off exponentially. The
+/// liveness Lease is renewed on its own timer.
 pub async fn run(
     client: Client,
     host: SharedHost,
@@ -201,32 +297,42 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let api: Api<HostConfig> = Api::all(client.clone());
     let selector = format!("metadata.name={}", config.node_name);
-    let mut events = watcher(api, watcher::Config::default().fields(&selector)).default_backoff().boxed();
+    let (reader, writer) = reflector::store::<HostConfig>();
+    let mut events = reflector::reflector(writer, watcher(api, watcher::Config::default().fields(&selector)))
+        .default_backoff()
+        .boxed();
+    let state = AgentState::default();
+    let own = ObjectRef::<HostConfig>::new(&config.node_name);
     tokio::pin!(shutdown);
     let mut backoff = retry_backoff();
-    let mut delay = Duration::ZERO;
-    let mut watching = true;
+    let mut delay: Option<Duration> = None;
+    let mut lease_timer = tokio::time::interval(Duration::from_secs(ssis_crds::agent_lease::RENEW_EVERY_SECONDS));
+    lease_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = &mut shutdown => {
                 tracing::info!("shutting down");
                 return Ok(());
             }
-            event = events.next(), if watching => match event {
-                Some(Ok(_)) => {}
+            _ = lease_timer.tick() => {
+                if let Err(error) = write_lease(&client, &config, &state, jiff::Timestamp::now()).await {
+                    tracing::warn!(%error, "renewing the liveness Lease failed; retrying on the next tick");
+                }
+                continue;
+            }
+            event = events.next() => match event {
+                Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
+                Some(Ok(_)) => continue,
                 Some(Err(error)) => {
                     tracing::warn!(%error, "HostConfig watch error");
                     continue;
                 }
-                // The watch ended; the drift poll still picks up spec changes.
-                None => {
-                    watching = false;
-                    continue;
-                }
+                None => return Err(anyhow::anyhow!("the HostConfig watch ended")),
             },
-            () = tokio::time::sleep(delay) => {}
+            () = sleep_or_forever(delay) => {}
         }
-        delay = match sync_once(&client, &host, &config).await {
+        let host_config = reader.get(&own).map(|h| (*h).clone());
+        delay = Some(match sync_outcome(&client, &host, &config, host_config, &state).await {
             Ok(SyncOutcome::Synced { report, .. }) if report.failed_steps > 0 => {
                 backoff.next().unwrap_or(config.drift_interval)
             }
@@ -241,7 +347,15 @@ pub async fn run(
                 tracing::warn!(error = %format!("{error:#}"), "sync failed; retrying with backoff");
                 backoff.next().unwrap_or(config.drift_interval)
             }
-        };
+        });
+    }
+}
+
+/// Sleep `delay`, or forever before the first pass (which waits for the watch's initial state).
+async fn sleep_or_forever(delay: Option<Duration>) {
+    match delay {
+        Some(delay) => tokio::time::sleep(delay).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -90,6 +90,28 @@ pub struct HostConfigSpec {
     /// The failover-cluster Generic Service role of the master (reference §6 step 7, §11).
     #[serde(default, deserialize_with = "crate::common::empty_as_none", skip_serializing_if = "Option::is_none")]
     pub cluster_role: Option<ClusterRole>,
+
+    /// A version (content hash) of every Secret this spec names, written by the operator: the
+    /// agent keeps what it read and reads a Secret again only when its version here changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub secret_versions: Vec<SecretVersion>,
+}
+
+/// The version of one Secret of the agent's namespace (list-map key: `name`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretVersion {
+    /// Secret name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
+    pub name: String,
+    /// Hash of the Secret's data (never the data).
+    #[schemars(length(min = 1, max = 80), regex(pattern = r"^[a-z0-9]+:[0-9a-f]+$"))]
+    pub version: String,
 }
 
 /// A custom resource that contributed items to a HostConfig (all three fields are the list-map key).

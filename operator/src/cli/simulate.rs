@@ -185,7 +185,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     for (kind, n) in &totals.host {
         println!("host  {kind:<44} {n}");
     }
-    println!("agent heartbeats (liveness status writes): {}", totals.heartbeats);
+    println!("agent liveness (Lease renewals): {}", totals.lease_renewals);
     println!("certificates issued: {}", world.issuer.issued().len());
     match converged_at {
         Some(round) => {

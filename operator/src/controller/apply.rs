@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use ssis_crds::{HostConfig, HostConfigSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use ssis_crds::{HostConfig, HostConfigSpec, MANAGED_BY_LABEL, MANAGED_BY_VALUE, SecretVersion};
 
 pub use crate::catalog::batches::action_kind;
 use crate::catalog::batches::action_replica;
@@ -23,6 +23,9 @@ use super::{
     is_not_found, object_key,
 };
 
+/// Content hash of each operator-namespace Secret, by name.
+type SecretVersions = BTreeMap<String, String>;
+
 /// Label marking an operator-namespace copy of a user Secret key (service-account passwords).
 pub const SECRET_COPY_LABEL: &str = "ssis.sqlops.io/secret-copy";
 /// Annotation naming the copy's source (`namespace/name/key`; never the value).
@@ -31,9 +34,12 @@ pub const COPIED_FROM_ANNOTATION: &str = "ssis.sqlops.io/copied-from";
 /// Apply every part of the plan, in dependency order: host material first (HostConfigs reference
 /// it), then HostConfigs, SQL actions, finalizers, Events, and finally unused material.
 pub async fn apply<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
-    issue_certificates(ctx, world, plan, report).await;
-    copy_secrets(ctx, world, plan, report).await;
-    apply_host_configs(ctx, world, plan, report).await;
+    // Versions of the operator's Secrets, including those written in this pass, for the
+    // HostConfigs that name them.
+    let mut versions: SecretVersions = world.managed_secrets.iter().map(|s| (s.name_any(), fingerprint(s))).collect();
+    issue_certificates(ctx, world, plan, report, &mut versions).await;
+    copy_secrets(ctx, world, plan, report, &mut versions).await;
+    apply_host_configs(ctx, world, plan, report, &versions).await;
     run_sql_actions(ctx, world, plan, report).await;
     finalizers(ctx, world, plan, report).await;
     plan_events(ctx, world, plan, report).await;
@@ -52,6 +58,7 @@ async fn issue_certificates<C: Catalog>(
     world: &World,
     plan: &PlanOutput,
     report: &mut ReconcileReport,
+    versions: &mut SecretVersions,
 ) {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
     for request in &plan.certificate_requests {
@@ -88,6 +95,7 @@ async fn issue_certificates<C: Catalog>(
         match secrets.patch(&secret_name, &params, &Patch::Apply(ssa_secret(&secret))).await {
             Ok(_) => {
                 report.secret_writes += 1;
+                versions.insert(secret_name.clone(), fingerprint(&secret));
                 tracing::info!(id = %request.id, thumbprint = %issued.thumbprint, secret = %secret_name, "certificate stored");
             }
             Err(error) if is_conflict(&error) => report.conflicts += 1,
@@ -98,7 +106,13 @@ async fn issue_certificates<C: Catalog>(
 
 /// Copy user Secret keys (service-account passwords) into the operator namespace, where agents
 /// read them. Values are compared, never logged.
-async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOutput, report: &mut ReconcileReport) {
+async fn copy_secrets<C: Catalog>(
+    ctx: &Context<C>,
+    world: &World,
+    plan: &PlanOutput,
+    report: &mut ReconcileReport,
+    versions: &mut SecretVersions,
+) {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     for (target, copy) in &plan.secret_copies {
@@ -137,8 +151,9 @@ async fn copy_secrets<C: Catalog>(ctx: &Context<C>, world: &World, plan: &PlanOu
             return;
         }
         match secrets.patch(target, &params, &Patch::Apply(&body)).await {
-            Ok(_) => {
+            Ok(written) => {
                 report.secret_writes += 1;
+                versions.insert(target.clone(), fingerprint(&written));
                 tracing::info!(secret = %target, from = %copied_from, "password copy written");
             }
             Err(error) if is_conflict(&error) => report.conflicts += 1,
@@ -164,15 +179,36 @@ fn host_config_current(desired: &HostConfigSpec, current: &HostConfig) -> bool {
         && current.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY_VALUE)
 }
 
+/// The planned spec with the version of every Secret it names (unknown versions are left out: the
+/// agent then reads that Secret every pass until the next pass knows it).
+pub fn with_secret_versions(spec: &HostConfigSpec, versions: &SecretVersions) -> HostConfigSpec {
+    let mut spec = spec.clone();
+    let named: std::collections::BTreeSet<&str> = spec
+        .certificates
+        .iter()
+        .filter_map(|c| c.source.as_ref().map(|s| s.secret_name.as_str()))
+        .chain(spec.services.iter().filter_map(|s| s.logon.as_ref().map(|l| l.password_secret_ref.name.as_str())))
+        .collect();
+    spec.secret_versions = named
+        .into_iter()
+        .filter_map(|name| {
+            versions.get(name).map(|version| SecretVersion { name: name.to_string(), version: version.clone() })
+        })
+        .collect();
+    spec
+}
+
 async fn apply_host_configs<C: Catalog>(
     ctx: &Context<C>,
     world: &World,
     plan: &PlanOutput,
     report: &mut ReconcileReport,
+    versions: &SecretVersions,
 ) {
     let api: Api<HostConfig> = Api::all(ctx.client.clone());
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    for (name, desired) in &plan.host_configs {
+    for (name, planned) in &plan.host_configs {
+        let desired = &with_secret_versions(planned, versions);
         let current = world.host_configs.get(name);
         if current.is_some_and(|current| host_config_current(desired, current)) {
             continue;

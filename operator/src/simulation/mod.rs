@@ -31,7 +31,7 @@ use ssis_agent::host::Host;
 use ssis_agent::host::simulated::provision::{Features, provision};
 use ssis_agent::host::simulated::traffic::ConnectionFailure;
 use ssis_agent::host::simulated::{SimulatedHost, faults as host_faults, network};
-use ssis_agent::runtime::{RuntimeConfig, SharedHost, StatusWrite, sync_at};
+use ssis_agent::runtime::{AgentState, RuntimeConfig, SharedHost, StatusWrite, renew_lease, sync_with};
 use ssis_crds::{
     HostConfig, HostConfigStatus, ItemState, ScaleOutMasterGroup, ScaleOutWorker, SsisdbAvailabilityGroup,
     condition_types, find_condition,
@@ -80,6 +80,9 @@ pub struct SimNode {
     pub setup: HostSetup,
     /// Whether its agent takes part in rounds (a node that never reports has it off).
     pub agent_running: bool,
+    /// What its agent keeps between passes (Secrets read, last Lease renewal); a restarted agent
+    /// starts with nothing.
+    pub agent_state: Arc<AgentState>,
 }
 
 /// What one agent pass did.
@@ -89,8 +92,8 @@ pub struct AgentPass {
     pub no_host_config: bool,
     pub report: ApplyReport,
     pub status_written: bool,
-    /// The only change in the written status was the heartbeat (a liveness write).
-    pub heartbeat_only: bool,
+    /// The agent renewed its liveness Lease in this pass.
+    pub lease_renewed: bool,
     /// (item, what was done) for items changed in this pass.
     pub changed: Vec<(String, String)>,
     /// (item, why) for items that failed in this pass.
@@ -116,21 +119,22 @@ pub struct RoundReport {
 }
 
 impl RoundReport {
-    /// API writes that are not agent heartbeats.
+    /// API writes that are not agent liveness (Lease renewals).
     pub fn api_state_writes(&self) -> u64 {
         let total: u64 = self.api_writes.values().sum();
-        total - self.heartbeat_writes()
+        total - self.liveness_writes()
     }
 
-    pub fn heartbeat_writes(&self) -> u64 {
-        self.agents.values().filter(|a| a.status_written && a.heartbeat_only).count() as u64
+    /// Agent Lease renewals this round.
+    pub fn liveness_writes(&self) -> u64 {
+        self.agents.values().filter(|a| a.lease_renewed).count() as u64
     }
 
     pub fn host_writes(&self) -> u64 {
         self.agents.values().map(|a| u64::from(a.report.total_writes())).sum()
     }
 
-    /// Writes of any kind except liveness heartbeats.
+    /// Writes of any kind except liveness (Lease renewals).
     pub fn writes(&self) -> u64 {
         self.api_state_writes() + self.sql.len() as u64 + self.host_writes()
     }
@@ -142,7 +146,8 @@ pub struct Totals {
     pub api: BTreeMap<WriteKey, u64>,
     pub sql: BTreeMap<String, u64>,
     pub host: BTreeMap<String, u64>,
-    pub heartbeats: u64,
+    /// Agent Lease renewals.
+    pub lease_renewals: u64,
 }
 
 impl Totals {
@@ -158,7 +163,7 @@ impl Totals {
                 *self.host.entry(format!("{kind:?}")).or_default() += u64::from(*n);
             }
         }
-        self.heartbeats += round.heartbeat_writes();
+        self.lease_renewals += round.liveness_writes();
     }
 }
 
@@ -272,7 +277,10 @@ impl World {
         let computer_name = node.to_uppercase();
         let features = Features { master: setup.master, worker: setup.worker, legacy: setup.legacy };
         provision(&root, &computer_name, setup.version, features).map_err(|e| format!("provisioning {node}: {e}"))?;
-        self.nodes.insert(node.to_string(), SimNode { root, computer_name, setup, agent_running: true });
+        self.nodes.insert(
+            node.to_string(),
+            SimNode { root, computer_name, setup, agent_running: true, agent_state: Arc::default() },
+        );
         Ok(())
     }
 
@@ -401,11 +409,11 @@ impl World {
         }
     }
 
-    /// One pass of `node`'s agent: the agent runtime's own pass (`ssis_agent::runtime::sync_at`:
-    /// list the node's HostConfig, read the Secrets it references, `reconcile_host`, write the status
-    /// with server-side apply when it changed) at the world's time. `wrap` replaces the host (e.g.
-    /// one that dies after some writes); with `write_status` false the agent "dies" before writing
-    /// its status.
+    /// One pass of `node`'s agent: the agent runtime's own pass (`ssis_agent::runtime::sync_with`:
+    /// the node's HostConfig as its watch would hold it, Secrets through the agent's cache,
+    /// `reconcile_host`, the status written with server-side apply when it changed) and its Lease
+    /// renewal when due, at the world's time. `wrap` replaces the host (e.g. one that dies after
+    /// some writes); with `write_status` false the agent "dies" before writing its status.
     pub async fn agent_pass(
         &mut self,
         node: &str,
@@ -436,18 +444,28 @@ impl World {
         };
         let write = if write_status { StatusWrite::IfChanged } else { StatusWrite::Skip };
         let client = self.api.client(Component::Agent);
+        match renew_lease(&client, &config, &sim.agent_state, self.clock.now()).await {
+            Ok(renewed) => pass.lease_renewed = renewed,
+            Err(error) => pass.error = Some(format!("renewing the Lease of {node}: {error}")),
+        }
+        let host_config = self
+            .api
+            .server
+            .object(ssis_crds::GROUP, "hostconfigs", "", node)
+            .and_then(|object| serde_json::from_value::<HostConfig>(object).ok());
         let shared: SharedHost = Arc::new(std::sync::Mutex::new(host));
-        let detail = match sync_at(&client, &shared, &config, self.clock.now(), write).await {
-            Ok(Some(detail)) => detail,
-            Ok(None) => {
-                pass.no_host_config = true;
-                return pass;
-            }
-            Err(error) => {
-                pass.error = Some(format!("{error:#}"));
-                return pass;
-            }
-        };
+        let detail =
+            match sync_with(&client, &shared, &config, host_config, &sim.agent_state, self.clock.now(), write).await {
+                Ok(Some(detail)) => detail,
+                Ok(None) => {
+                    pass.no_host_config = true;
+                    return pass;
+                }
+                Err(error) => {
+                    pass.error = Some(format!("{error:#}"));
+                    return pass;
+                }
+            };
         for item in &detail.status.items {
             match (item.state, item.reason.as_deref()) {
                 (ItemState::Applied, Some("Changed")) => {
@@ -461,8 +479,6 @@ impl World {
         }
         pass.report = detail.report;
         pass.status_written = detail.status_written;
-        pass.heartbeat_only = detail.status_written
-            && detail.previous.as_ref().is_some_and(|p| without_heartbeat(p) == without_heartbeat(&detail.status));
         if let Some(error) = detail.status_write_error {
             pass.error = Some(format!("writing the status of HostConfig {node}: {error}"));
         }
@@ -481,7 +497,7 @@ impl World {
         Err(self.explain(&format!("no fixed point after {max_rounds} rounds")).await)
     }
 
-    /// Run `rounds` rounds; returns the writes of any kind (heartbeats excluded) they caused.
+    /// Run `rounds` rounds; returns the writes of any kind (liveness excluded) they caused.
     pub async fn run_rounds(&mut self, rounds: u64) -> u64 {
         let mut writes = 0;
         for _ in 0..rounds {
@@ -703,14 +719,6 @@ fn operator_context(
         worlds.ensure_world(target, password.clone());
     }));
     ctx
-}
-
-fn without_heartbeat(status: &HostConfigStatus) -> HostConfigStatus {
-    let mut status = status.clone();
-    if let Some(agent) = &mut status.agent {
-        agent.last_heartbeat_time.clear();
-    }
-    status
 }
 
 fn delta(before: &BTreeMap<WriteKey, u64>, after: &BTreeMap<WriteKey, u64>) -> BTreeMap<WriteKey, u64> {

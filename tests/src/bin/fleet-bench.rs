@@ -169,12 +169,12 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
     let round = world.step().await;
     let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
     println!(
-        "full round (operator + {} agents + network): {:.0} ms CPU, {:.0} ms wall, writes {} (+{} heartbeats)",
+        "full round (operator + {} agents + network): {:.0} ms CPU, {:.0} ms wall, writes {} (+{} Lease renewals)",
         world.nodes.len(),
         ms(cpu),
         ms(wall),
         round.writes(),
-        round.heartbeat_writes()
+        round.liveness_writes()
     );
 
     // The pure planner on the fleet's input.
