@@ -178,7 +178,8 @@ fn operator_defaults_two_replicas_with_leader_election() {
             "--metrics-addr=0.0.0.0:8080",
             "--lease-name=ssis-operator-leader",
             "--concurrency=4",
-            "--resync=5m"
+            "--resync=5m",
+            "--pass-timeout=120s"
         ]
     );
     let pdb = one(&docs, "PodDisruptionBudget");
@@ -532,6 +533,7 @@ fn expected_grants(namespace: &str, leader_election: bool, agent: bool) -> BTree
     add(&mut out, "cluster", &operator, "events.k8s.io", &["events"], &["create", "patch"]);
     add(&mut out, "cluster", &operator, "apiextensions.k8s.io", &["customresourcedefinitions"], &["get"]);
     add(&mut out, &ns_scope, &operator, "", &["secrets"], &["create", "patch", "delete"]);
+    add(&mut out, &ns_scope, &operator, "coordination.k8s.io", &["leases"], &["list", "watch"]);
     if leader_election {
         add(&mut out, &ns_scope, &operator, "coordination.k8s.io", &["leases"], &["get", "create", "update"]);
     }
@@ -539,7 +541,8 @@ fn expected_grants(namespace: &str, leader_election: bool, agent: bool) -> BTree
         let agent = format!("{namespace}/ssis-operator-agent");
         add(&mut out, "cluster", &agent, "ssis.sqlops.io", &["hostconfigs"], &["get", "list", "watch"]);
         add(&mut out, "cluster", &agent, "ssis.sqlops.io", &["hostconfigs/status"], &["get", "patch"]);
-        add(&mut out, &ns_scope, &agent, "", &["secrets"], &["get", "list", "watch"]);
+        add(&mut out, &ns_scope, &agent, "", &["secrets"], &["get"]);
+        add(&mut out, &ns_scope, &agent, "coordination.k8s.io", &["leases"], &["create", "patch"]);
     }
     out
 }
@@ -865,4 +868,26 @@ fn packaged_chart_carries_crds_schema_and_notes() {
     let packaged = helm_ok(&["template", RELEASE, &tarball_arg, "--namespace", NAMESPACE]);
     assert_eq!(parse_documents(&packaged), render(&[]));
     std::fs::remove_dir_all(&out_dir).ok();
+}
+
+#[test]
+fn the_grace_period_covers_a_pass_so_a_rollout_releases_the_lease() {
+    let docs = render(&[]);
+    let deployment = of_kind(&docs, "Deployment").into_iter().next().expect("operator Deployment");
+    let grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as_i64().expect("grace");
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"].as_array().expect("args");
+    let pass: i64 = args
+        .iter()
+        .filter_map(Value::as_str)
+        .find_map(|a| a.strip_prefix("--pass-timeout=")?.strip_suffix('s')?.parse().ok())
+        .expect("--pass-timeout");
+    assert!(grace >= pass + 15, "grace {grace} s does not cover a pass of {pass} s");
+    let refused = helm_err(&[
+        "template",
+        RELEASE,
+        &chart_dir().display().to_string(),
+        "--set",
+        "operator.terminationGracePeriodSeconds=30",
+    ]);
+    assert!(refused.contains("must be at least operator.passTimeoutSeconds + 15"), "{refused}");
 }

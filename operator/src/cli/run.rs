@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Full reconcile at least this often (repairs drift seen through SQL), e.g. `300s`, `5m`.
     #[arg(long, default_value = "300s", value_parser = parse_duration)]
     pub resync: Duration,
+    /// Upper bound of one unit's pass; on shutdown the operator waits this long for running passes
+    /// (the pod's terminationGracePeriodSeconds must cover it so the Lease is released).
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    pub pass_timeout: Duration,
 }
 
 impl RunArgs {
@@ -219,6 +223,7 @@ async fn start<C: Catalog + 'static>(
         leader: leader_election.then(|| LeaseSettings::new(&args.lease_name, &args.namespace, &identity)),
         metrics_addr: args.metrics_addr,
         concurrency: args.concurrency,
+        pass_timeout: args.pass_timeout,
         ..Default::default()
     };
     tracing::info!(

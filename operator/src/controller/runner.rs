@@ -745,9 +745,12 @@ pub async fn run<C: Catalog + 'static>(
             }
         }
     }
-    tracing::info!("shutting down");
-    // In-flight passes finish or stop at their fence; no new one starts.
+    tracing::info!("shutting down: running passes finish, none starts");
     drop(queue_tx);
+    let drain = async { while passes.next().await.is_some() {} };
+    if tokio::time::timeout(config.pass_timeout, drain).await.is_err() {
+        tracing::warn!("passes still running at the pass timeout; stopping them");
+    }
     stop(stop_tx, elector, reflectors, http).await;
     Ok(())
 }
