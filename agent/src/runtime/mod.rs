@@ -33,6 +33,10 @@ use ssis_crds::{HostConfig, HostConfigStatus};
 use crate::engine::{AgentConfig, ApplyReport, SecretSource, reconcile_host};
 use crate::host::Host;
 
+/// How long the HostConfig watch stays open before it is renewed (kube's default is 290 s, the API
+/// server's own default above 1800 s).
+pub const WATCH_TIMEOUT_SECONDS: u32 = 1800;
+
 /// Field manager of every status write.
 pub const FIELD_MANAGER: &str = "ssis-agent";
 

@@ -228,6 +228,11 @@ pub enum CatalogError {
 pub trait Catalog: Send + Sync {
     /// Read everything the planner needs about one availability group.
     async fn observe(&self, target: &CatalogTarget) -> Result<CatalogObservation, CatalogError>;
+    /// Who is primary and where the master runs, cheaply: polled every few seconds so an AG or
+    /// master failover starts its follow-up within seconds. The default reads a full observation.
+    async fn observe_roles(&self, target: &CatalogTarget) -> Result<RoleSnapshot, CatalogError> {
+        self.observe(target).await.map(|observation| RoleSnapshot::of(&observation))
+    }
     /// Run one action. `resolve` turns a [`SecretValue`] into the secret string.
     async fn execute(
         &self,
@@ -237,9 +242,31 @@ pub trait Catalog: Send + Sync {
     ) -> Result<(), CatalogError>;
 }
 
+/// The roles that decide where the follow-up of a failover goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoleSnapshot {
+    /// The replica that is primary for the availability group.
+    pub primary: Option<String>,
+    /// `catalog.master_properties` `MACHINE_NAME`: the node the active master runs on.
+    pub master_machine: Option<String>,
+    /// Replicas that answered.
+    pub reachable: Vec<String>,
+}
+
+impl RoleSnapshot {
+    pub fn of(observation: &CatalogObservation) -> Self {
+        Self {
+            primary: observation.primary.clone(),
+            master_machine: observation.ssisdb.as_ref().and_then(|s| s.master_properties.get("MACHINE_NAME").cloned()),
+            reachable: observation.replicas.iter().filter(|r| r.reachable).map(|r| r.name.clone()).collect(),
+        }
+    }
+}
+
 // ---- Implementations (added by the SQL side; the contract above is unchanged) ----
 
 pub mod batches;
+pub mod pool;
 pub mod simulated;
 pub mod tds;
 

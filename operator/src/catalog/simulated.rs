@@ -791,6 +791,9 @@ struct State {
 pub struct SimulatedCatalog {
     state: Arc<Mutex<State>>,
     autosave: Option<PathBuf>,
+    /// The same connection pool the real catalog keeps (one idle connection per replica and
+    /// database), so a benchmark counts the logins a real operator would make.
+    pool: Arc<super::pool::Pool<(String, String, &'static str), ()>>,
 }
 
 impl SimulatedCatalog {
@@ -841,7 +844,7 @@ impl SimulatedCatalog {
             .map_err(|e| CatalogError::Other(format!("reading {}: {e}", path.display())))?;
         let state: State =
             serde_json::from_str(&text).map_err(|e| CatalogError::Other(format!("parsing {}: {e}", path.display())))?;
-        Ok(Self { state: Arc::new(Mutex::new(state)), autosave: None })
+        Ok(Self { state: Arc::new(Mutex::new(state)), autosave: None, pool: Default::default() })
     }
 
     /// Load `path` when it exists, else start empty; every later change is saved there.
@@ -955,9 +958,31 @@ impl SimulatedCatalog {
     }
 }
 
+impl SimulatedCatalog {
+    /// Logins (new connections) a real operator would have made so far.
+    pub fn logins(&self) -> u64 {
+        self.pool.logins()
+    }
+
+    async fn connection(&self, target: &CatalogTarget, replica: &str, database: &'static str) {
+        let key = (target.key.clone(), replica.to_string(), database);
+        let connection = self.pool.checkout(&key, || async { Ok::<_, ()>(()) }).await;
+        if let Ok(connection) = connection {
+            self.pool.checkin(key, connection);
+        }
+    }
+}
+
 impl Catalog for SimulatedCatalog {
     async fn observe(&self, target: &CatalogTarget) -> Result<CatalogObservation, CatalogError> {
-        self.with_world(&target.key, |w| w.observe(target))
+        let observation = self.with_world(&target.key, |w| w.observe(target))?;
+        for replica in observation.replicas.iter().filter(|r| r.reachable) {
+            self.connection(target, &replica.name, "master").await;
+        }
+        if let Some(primary) = &observation.primary {
+            self.connection(target, primary, "catalog").await;
+        }
+        Ok(observation)
     }
 
     async fn execute(
@@ -966,6 +991,7 @@ impl Catalog for SimulatedCatalog {
         action: &SqlAction,
         resolve: &(dyn Fn(&SecretValue) -> SecretString + Sync),
     ) -> Result<(), CatalogError> {
+        self.connection(target, action_replica(action), "master").await;
         self.with_world(&target.key, |w| {
             let idx = w.connect(action_replica(action), target)?;
             *w.executed.entry(action_kind(action).to_owned()).or_default() += 1;

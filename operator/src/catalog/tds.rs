@@ -20,9 +20,10 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use super::batches::{self, BatchCall, Scope, SqlParam};
+use super::pool::Pool;
 use super::{
-    Catalog, CatalogError, CatalogObservation, CatalogTarget, ReplicaEndpoint, ReplicaObservation, SecretString,
-    SecretValue, SqlAction, SsisdbObservation, WorkerAgentRow,
+    Catalog, CatalogError, CatalogObservation, CatalogTarget, ReplicaEndpoint, ReplicaObservation, RoleSnapshot,
+    SecretString, SecretValue, SqlAction, SsisdbObservation, WorkerAgentRow,
 };
 
 /// Timeouts and retry policy of [`TiberiusCatalog`].
@@ -56,15 +57,56 @@ impl Default for TiberiusOptions {
     }
 }
 
-/// The tiberius implementation of [`Catalog`].
+/// The tiberius implementation of [`Catalog`]. Connections are pooled per replica, database and
+/// credentials, and reused across passes.
 #[derive(Clone, Debug, Default)]
 pub struct TiberiusCatalog {
     options: TiberiusOptions,
+    pool: std::sync::Arc<Pool<PoolKey, Connection>>,
 }
 
 impl TiberiusCatalog {
     pub fn new(options: TiberiusOptions) -> Self {
-        Self { options }
+        Self { options, pool: Default::default() }
+    }
+
+    /// Logins (new connections) so far.
+    pub fn logins(&self) -> u64 {
+        self.pool.logins()
+    }
+}
+
+/// What a pooled connection is good for: the same server, database, login and trust. The password
+/// enters as a hash, so a changed password makes new connections.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    host: String,
+    port: u16,
+    database: String,
+    username: String,
+    password_hash: [u8; 32],
+    trust: u64,
+}
+
+impl PoolKey {
+    fn of(settings: &ConnectionSettings) -> Self {
+        use sha2::Digest;
+        let trust = match &settings.trust {
+            Trust::CaBundle(pem) => {
+                let digest = sha2::Sha256::digest(pem);
+                u64::from_le_bytes(digest[..8].try_into().unwrap_or_default())
+            }
+            Trust::WebpkiRoots => 1,
+            Trust::InsecureSkipVerify => 2,
+        };
+        Self {
+            host: settings.host.clone(),
+            port: settings.port,
+            database: settings.database.clone(),
+            username: settings.username.clone(),
+            password_hash: sha2::Sha256::digest(settings.password.expose().as_bytes()).into(),
+            trust,
+        }
     }
 }
 
@@ -445,8 +487,9 @@ impl TiberiusCatalog {
         let settings = connection_settings(target, replica, Scope::Server, &self.options);
         let ag = &target.availability_group_name;
         let db = &target.database_name;
+        let key = PoolKey::of(&settings);
         let attempt = || async {
-            let mut client = connect(&settings, self.options.connect_timeout).await?;
+            let mut client = self.pool.checkout(&key, || connect(&settings, self.options.connect_timeout)).await?;
             let mut rows = ReplicaRows::default();
             let state = query(&mut client, batches::OBSERVE_LOCAL_REPLICA_STATE, &[text_param(ag)]).await?;
             if let Some(r) = state.first() {
@@ -479,6 +522,7 @@ impl TiberiusCatalog {
             {
                 rows.master_key_encrypted_by_server = get_bool(r, 0)?;
             }
+            self.pool.checkin(key.clone(), client);
             Ok(rows)
         };
         attempt.retry(self.backoff()).sleep(tokio::time::sleep).when(Failure::transient).await
@@ -486,8 +530,9 @@ impl TiberiusCatalog {
 
     async fn read_catalog(&self, target: &CatalogTarget, replica: &ReplicaEndpoint) -> Result<CatalogRows, Failure> {
         let settings = connection_settings(target, replica, Scope::CatalogDatabase, &self.options);
+        let key = PoolKey::of(&settings);
         let attempt = || async {
-            let mut client = connect(&settings, self.options.connect_timeout).await?;
+            let mut client = self.pool.checkout(&key, || connect(&settings, self.options.connect_timeout)).await?;
             let mut rows = CatalogRows::default();
             for r in query(&mut client, batches::OBSERVE_MASTER_PROPERTIES, &[]).await? {
                 if let Some(name) = get_str(&r, 0)? {
@@ -511,17 +556,20 @@ impl TiberiusCatalog {
             for r in query(&mut client, batches::OBSERVE_SSIS_ADMIN_MEMBERS, &[]).await? {
                 rows.ssis_admin_members.extend(get_str(&r, 0)?);
             }
+            self.pool.checkin(key.clone(), client);
             Ok(rows)
         };
         attempt.retry(self.backoff()).sleep(tokio::time::sleep).when(Failure::transient).await
     }
 
     async fn run_calls(&self, settings: &ConnectionSettings, calls: &[BatchCall]) -> Result<(), Failure> {
+        let key = PoolKey::of(settings);
         let attempt = || async {
-            let mut client = connect(settings, self.options.connect_timeout).await?;
+            let mut client = self.pool.checkout(&key, || connect(settings, self.options.connect_timeout)).await?;
             for call in calls {
                 execute_batch(&mut client, call).await?;
             }
+            self.pool.checkin(key.clone(), client);
             Ok(())
         };
         attempt.retry(self.backoff()).sleep(tokio::time::sleep).when(Failure::transient).await
@@ -564,6 +612,56 @@ impl Catalog for TiberiusCatalog {
             }
         }
         Ok(assemble_observation(replicas, ssisdb))
+    }
+
+    /// Every replica's role (one query each, pooled), and the master's `MACHINE_NAME` from the
+    /// primary: cheap enough to run every few seconds.
+    async fn observe_roles(&self, target: &CatalogTarget) -> Result<RoleSnapshot, CatalogError> {
+        let secrets = secrets_of(target);
+        let ag = &target.availability_group_name;
+        let mut snapshot = RoleSnapshot::default();
+        for replica in &target.replicas {
+            let settings = connection_settings(target, replica, Scope::Server, &self.options);
+            let key = PoolKey::of(&settings);
+            let role = async {
+                let mut client = self.pool.checkout(&key, || connect(&settings, self.options.connect_timeout)).await?;
+                let state = query(&mut client, batches::OBSERVE_LOCAL_REPLICA_STATE, &[text_param(ag)]).await?;
+                let role = state.first().map(|r| get_str(r, 0)).transpose()?.flatten();
+                self.pool.checkin(key.clone(), client);
+                Ok::<_, Failure>(role)
+            };
+            match role.await {
+                Ok(role) => {
+                    if role.as_deref().is_some_and(|r| r.eq_ignore_ascii_case("PRIMARY")) {
+                        snapshot.primary = Some(replica.name.clone());
+                    }
+                    snapshot.reachable.push(replica.name.clone());
+                }
+                Err(failure) => tracing::debug!(
+                    replica = %replica.name,
+                    error = %failure.into_catalog_error(&replica.name, &secrets),
+                    "role poll"
+                ),
+            }
+        }
+        if let Some(primary) = target.replicas.iter().find(|r| Some(&r.name) == snapshot.primary.as_ref()) {
+            let settings = connection_settings(target, primary, Scope::CatalogDatabase, &self.options);
+            let key = PoolKey::of(&settings);
+            let machine = async {
+                let mut client = self.pool.checkout(&key, || connect(&settings, self.options.connect_timeout)).await?;
+                let mut machine = None;
+                for r in query(&mut client, batches::OBSERVE_MASTER_PROPERTIES, &[]).await? {
+                    if get_str(&r, 0)?.as_deref() == Some("MACHINE_NAME") {
+                        machine = get_str(&r, 1)?;
+                    }
+                }
+                self.pool.checkin(key.clone(), client);
+                Ok::<_, Failure>(machine)
+            };
+            // No catalog yet (or not readable): the role alone still tells a failover.
+            snapshot.master_machine = machine.await.ok().flatten();
+        }
+        Ok(snapshot)
     }
 
     async fn execute(

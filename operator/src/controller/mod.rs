@@ -107,6 +107,9 @@ pub struct Context<C: Catalog> {
     pub secret_cache: Arc<stores::SecretCache>,
     /// Leadership: once lost, a running reconcile makes no further SQL action or API write.
     pub fence: Fence,
+    /// The SQL targets of every unit, for the role poller (an AG or master failover starts the
+    /// unit's reconcile within seconds, whatever the API server is doing).
+    pub role_targets: Arc<Mutex<BTreeMap<String, (CatalogTarget, crate::plan::topology::UnitKey)>>>,
 }
 
 /// Stops writes when leadership is lost (CloudNativePG's fencing): every SQL action and API write
@@ -156,6 +159,7 @@ impl<C: Catalog> Context<C> {
             prepare_target: None,
             secret_cache: Arc::new(stores::SecretCache::default()),
             fence: Fence::open(),
+            role_targets: Arc::default(),
         }
     }
 }
@@ -263,6 +267,7 @@ pub async fn reconcile_unit<C: Catalog>(
 ) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
     let world = dereference::dereference(ctx, stores, topology, unit, &mut report).await?;
+    register_role_targets(ctx, &world, unit);
     let mut plan = run_planner(&world.input)?;
     report.stalled = status::any_stalled(&plan);
     apply::apply(ctx, &world, &plan, &mut report).await;
@@ -270,6 +275,17 @@ pub async fn reconcile_unit<C: Catalog>(
     status::update_status(ctx, &world, &plan, &mut report).await;
     ctx.metrics.record_report(&report);
     Ok(report)
+}
+
+/// Keep the role poller's targets of `unit` equal to the unit's availability groups.
+fn register_role_targets<C: Catalog>(ctx: &Context<C>, world: &World, unit: &crate::plan::topology::UnitKey) {
+    let mut targets = ctx.role_targets.lock().unwrap_or_else(|p| p.into_inner());
+    targets.retain(|_, (_, owner)| owner != unit);
+    for group in &world.input.availability_groups {
+        if let Ok(target) = world.catalog_target(group) {
+            targets.insert(target.key.clone(), (target, unit.clone()));
+        }
+    }
 }
 
 /// The topology of what the stores hold now.

@@ -39,7 +39,7 @@ use ssis_crds::{
 };
 use tokio::sync::watch as channel;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, RoleSnapshot};
 use crate::plan::inventory::AGENT_STALE_AFTER;
 use crate::plan::topology::{Topology, UnitKey};
 
@@ -48,6 +48,11 @@ use super::metrics::{Health, router};
 use super::orphans::reconcile_orphans;
 use super::stores::{MultiStore, Stores};
 use super::{Context, Fence, ReconcileReport, WINDOWS_NODE_LABEL, reconcile_unit, topology_of};
+
+/// How long one watch request stays open before it is renewed (kube's default is 290 s; the API
+/// server's own default for watches is a random value above `--min-request-timeout`, 1800 s).
+/// Bookmarks keep a quiet watch alive through proxies meanwhile.
+pub const WATCH_TIMEOUT_SECONDS: u32 = 1800;
 
 /// Settings of the loop.
 #[derive(Clone, Debug)]
@@ -65,6 +70,9 @@ pub struct RunnerConfig {
     pub pass_timeout: Duration,
     /// Units reconciled at the same time.
     pub concurrency: u16,
+    /// How often availability-group roles and the master's machine are read (a change starts the
+    /// unit's reconcile).
+    pub role_poll: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -77,6 +85,7 @@ impl Default for RunnerConfig {
             metrics_addr: SocketAddr::from(([0, 0, 0, 0], 8080)),
             pass_timeout: Duration::from_secs(300),
             concurrency: 4,
+            role_poll: Duration::from_secs(5),
         }
     }
 }
@@ -303,7 +312,7 @@ fn start_reflectors<C: Catalog>(
 ) -> (Stores, Vec<tokio::task::JoinHandle<()>>) {
     let client = &ctx.client;
     let namespaces = &ctx.watch_namespaces;
-    let config = watcher::Config::default();
+    let config = watcher::Config::default().timeout(WATCH_TIMEOUT_SECONDS);
     let mut set = ReflectorSet { client, namespaces, config: config.clone(), changes, tasks: vec![] };
     let availability_groups = namespaced::<SsisdbAvailabilityGroup>(
         &mut set,
@@ -620,6 +629,30 @@ async fn leadership_changed(leading: &mut channel::Receiver<bool>) {
     }
 }
 
+/// Read every registered target's roles; returns the units whose AG primary or master machine
+/// changed since the last poll (a target's first poll only records).
+async fn poll_roles<C: Catalog>(
+    shared: Arc<Shared<C>>,
+    last: Arc<Mutex<HashMap<String, RoleSnapshot>>>,
+) -> Vec<UnitKey> {
+    let targets: Vec<(String, (crate::catalog::CatalogTarget, UnitKey))> =
+        shared.ctx.role_targets.lock().unwrap_or_else(|p| p.into_inner()).clone().into_iter().collect();
+    let mut changed = vec![];
+    for (key, (target, unit)) in targets {
+        let observed =
+            tokio::time::timeout(shared.config.role_poll * 2, shared.ctx.catalog.observe_roles(&target)).await;
+        let Ok(Ok(snapshot)) = observed else { continue };
+        let previous = last.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), snapshot.clone());
+        if let Some(previous) = previous
+            && (previous.primary != snapshot.primary || previous.master_machine != snapshot.master_machine)
+        {
+            tracing::info!(group = %key, from = ?previous.primary, to = ?snapshot.primary, master = ?snapshot.master_machine, "failover observed");
+            changed.push(unit);
+        }
+    }
+    changed
+}
+
 /// Run until `shutdown` completes: reconcile while leading, serve health and metrics, release the
 /// Lease on the way out.
 pub async fn run<C: Catalog + 'static>(
@@ -703,12 +736,25 @@ pub async fn run<C: Catalog + 'static>(
         queue,
         applier_config,
     ));
+    let last_roles: Arc<Mutex<HashMap<String, RoleSnapshot>>> = Arc::default();
+    let mut role_timer = tokio::time::interval(config.role_poll);
+    role_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut role_poll: Option<Pin<Box<dyn Future<Output = Vec<UnitKey>>>>> = None;
     loop {
         let leading = *leading_rx.borrow();
         health.leader.store(leading, Ordering::SeqCst);
         shared.ctx.metrics.leader.set(i64::from(leading));
         tokio::select! {
             _ = &mut shutdown => break,
+            _ = role_timer.tick(), if role_poll.is_none() && leading => {
+                role_poll = Some(Box::pin(poll_roles(shared.clone(), last_roles.clone())));
+            }
+            changed = async { role_poll.as_mut().expect("guarded").await }, if role_poll.is_some() => {
+                role_poll = None;
+                for unit in changed {
+                    let _ = queue_tx.unbounded_send(unit_ref(&unit));
+                }
+            }
             _ = leadership_changed(&mut leading_rx) => {
                 if *leading_rx.borrow() {
                     tracing::info!("became leader: reconciling every unit");

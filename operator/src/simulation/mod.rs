@@ -388,6 +388,20 @@ impl World {
         crate::controller::topology_of(&self.stores).members.keys().cloned().collect()
     }
 
+    /// A fresh operator context over this world's API server, SQL worlds, certificate issuer and
+    /// clock, e.g. to run the long-running operator (`controller::runner::run`) against the world.
+    pub fn new_operator_context(&self) -> Context<RecordingCatalog<SimulatedCatalog>> {
+        let recording = RecordingCatalog::new(self.catalog.clone());
+        operator_context(
+            &self.api,
+            &recording,
+            &self.catalog,
+            &self.clock,
+            &self.issuer,
+            &self.options.operator_namespace,
+        )
+    }
+
     /// One operator pass: every unit of deployments, then the orphan sweep, from stores that hold
     /// the API server's current state.
     pub async fn operator_pass(&mut self) -> Result<ReconcileReport, String> {

@@ -28,6 +28,10 @@ impl<C: Catalog> Catalog for RecordingCatalog<C> {
         self.inner.observe(target).await
     }
 
+    async fn observe_roles(&self, target: &CatalogTarget) -> Result<crate::catalog::RoleSnapshot, CatalogError> {
+        self.inner.observe_roles(target).await
+    }
+
     async fn execute(
         &self,
         target: &CatalogTarget,
