@@ -76,8 +76,8 @@ mod tests {
         // A second pass reuses the connection: no new login.
         let again = pool.checkout(&"sql1", &mut connect).await.unwrap();
         assert_eq!((again, pool.logins()), (1, 1));
-        // It failed and was dropped instead of returned: the next checkout logs in.
-        drop(again);
+        // It failed and was not returned (a failed query drops it): the next checkout logs in.
+        let _failed = again;
         let fresh = pool.checkout(&"sql1", &mut connect).await.unwrap();
         assert_eq!((fresh, pool.logins()), (2, 2));
         // Another replica has its own connections.
