@@ -4,6 +4,7 @@
 mod controller_support;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use controller_support::*;
 use k8s_openapi::ByteString;
@@ -94,12 +95,9 @@ async fn unreachable_sql_does_not_stop_host_configs_and_a_converged_world_writes
     assert_eq!(again.writes(), 0, "{again:?}");
 }
 
-#[tokio::test]
-async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
-    let client = fake_client(example_objects()).await;
-    let catalog = FakeCatalog::default();
-    // A reachable group whose SSISDB is not prepared for Scale Out yet.
-    *catalog.observation.lock().unwrap() = Some(CatalogObservation {
+/// A reachable group whose SSISDB is not prepared for Scale Out yet (SQL actions to run).
+fn unprepared_observation() -> CatalogObservation {
+    CatalogObservation {
         primary: Some("WIN-SQL-1".into()),
         availability_group_exists: true,
         database_in_group: true,
@@ -116,7 +114,14 @@ async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
             })
             .collect(),
         ssisdb: Some(Default::default()),
-    });
+    }
+}
+
+#[tokio::test]
+async fn sql_observation_feeds_the_plan_and_actions_run_through_the_catalog() {
+    let client = fake_client(example_objects()).await;
+    let catalog = FakeCatalog::default();
+    *catalog.observation.lock().unwrap() = Some(unprepared_observation());
     let (ctx, _) = context(client.clone(), catalog);
     let first = reconcile_all(&ctx, &Stores::load(&ctx.client, OPERATOR_NS).await.unwrap()).await.unwrap();
     assert!(first.sql_actions > 0, "an unprepared SSISDB gets SQL actions: {first:?}");
@@ -161,4 +166,43 @@ fn resources_with_empty_optional_fields_never_panic_the_planner() {
     let first = ssis_operator::plan::plan(&input);
     assert_eq!(first.availability_group_statuses.len(), 1);
     assert_eq!(first.worker_statuses.len(), 2);
+}
+
+/// CloudNativePG-style fencing, on the manual clock: a pass whose Lease is taken over while its
+/// first SQL action runs makes no further SQL action and no further API write.
+#[tokio::test]
+async fn losing_the_lease_stops_a_running_pass_before_its_next_sql_action_or_api_write() {
+    use ssis_operator::controller::{Fence, LeaderElector, LeaseSettings, LeaseStep};
+    let server = fake_server(example_objects());
+    let client = server.client(operator_identity());
+    let gate = Arc::new(Gate::default());
+    let catalog = FakeCatalog { gate: Some(gate.clone()), ..Default::default() };
+    *catalog.observation.lock().unwrap() = Some(unprepared_observation());
+    let (mut ctx, clock) = context(client.clone(), catalog);
+    let ours = LeaderElector::new(client.clone(), LeaseSettings::new("leader", OPERATOR_NS, "pod-a"), Arc::new(clock.clone()));
+    assert_eq!(ours.step().await.unwrap(), LeaseStep::Leading);
+    let (leading, fence) = tokio::sync::watch::channel(true);
+    ctx.fence = Fence::following(fence);
+    let stores = Stores::load(&client, OPERATOR_NS).await.unwrap();
+
+    let takeover = async {
+        gate.started.notified().await;
+        let writes_at_fence = server.ledger().writes_by("operator");
+        // Our renewals stop (the pass is stuck in SQL); the standby takes over after expiry.
+        let standby_client = server.client(ssis_sim_apiserver::Identity::new("standby", "system:serviceaccount:ssis-system:ssis-operator"));
+        let standby = LeaderElector::new(standby_client, LeaseSettings::new("leader", OPERATOR_NS, "pod-b"), Arc::new(clock.clone()));
+        assert!(matches!(standby.step().await.unwrap(), LeaseStep::Following { .. }));
+        clock.advance(std::time::Duration::from_secs(16));
+        assert_eq!(standby.step().await.unwrap(), LeaseStep::Leading);
+        assert_eq!(ours.step().await.unwrap(), LeaseStep::Following { holder: Some("pod-b".into()) });
+        // What the elector's loop publishes on that step.
+        leading.send(false).unwrap();
+        gate.release.notify_one();
+        writes_at_fence
+    };
+    let (pass, writes_at_fence) = tokio::join!(reconcile_all(&ctx, &stores), takeover);
+    let report = pass.unwrap();
+    assert!(report.fenced, "{report:?}");
+    assert_eq!(ctx.catalog.executed.lock().unwrap().len(), 1, "only the action under way finished");
+    assert_eq!(server.ledger().writes_by("operator"), writes_at_fence, "no API write after the Lease was lost");
 }

@@ -123,7 +123,16 @@ pub struct FakeCatalog {
     pub executed: Mutex<Vec<SqlAction>>,
     pub resolved: Mutex<Vec<String>>,
     pub fail_at: Mutex<Option<usize>>,
-    calls: Mutex<usize>,
+    /// Holds the first action until released (`started` is notified when it begins).
+    pub gate: Option<Arc<Gate>>,
+    pub calls: Mutex<usize>,
+}
+
+/// Holds a SQL action in the middle of its execution.
+#[derive(Default)]
+pub struct Gate {
+    pub started: tokio::sync::Notify,
+    pub release: tokio::sync::Notify,
 }
 
 impl FakeCatalog {
@@ -151,6 +160,12 @@ impl Catalog for FakeCatalog {
             *calls += 1;
             *calls - 1
         };
+        if call == 0
+            && let Some(gate) = &self.gate
+        {
+            gate.started.notify_one();
+            gate.release.notified().await;
+        }
         if *self.fail_at.lock().unwrap() == Some(call) {
             return Err(CatalogError::Sql { replica: "sql1".into(), number: 50000, message: "injected".into() });
         }
