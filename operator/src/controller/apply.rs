@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
+
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
@@ -61,22 +63,40 @@ async fn issue_certificates<C: Catalog>(
     versions: &mut SecretVersions,
 ) {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.operator_namespace);
-    for request in &plan.certificate_requests {
+    // RSA key generation is CPU work: it runs on the blocking pool, several at once, so a large
+    // enrollment neither stalls the async runtime (other units, watches, health) nor one core.
+    let parallel = std::thread::available_parallelism().map_or(2, usize::from);
+    let jobs = plan.certificate_requests.iter().filter_map(|request| {
         let tls: Option<(SecretData, String)> = match &request.source {
             CertificateRequestSource::Generate { .. } => None,
             CertificateRequestSource::FromTlsSecret { secret } => {
                 let Some(user_secret) = world.secrets.get(secret) else {
                     report.problem(format!("certificate {}: TLS Secret {secret} not found", request.id));
-                    continue;
+                    return None;
                 };
                 let data = user_secret.data.iter().flatten().map(|(k, v)| (k.clone(), v.0.clone())).collect();
                 Some((data, fingerprint(user_secret)))
             }
         };
-        // Deterministic per id, so the old and new certificates of a rotation coexist.
-        let secret_name = host_secret_name(&request.id);
-        let tls_data = tls.as_ref().map(|(data, _)| data);
-        let (mut issued, data) = match ctx.issuer.issue(request, &secret_name, tls_data, ctx.clock.now()) {
+        let (issuer, request, now) = (ctx.issuer.clone(), request.clone(), ctx.clock.now());
+        Some(async move {
+            // Deterministic per id, so the old and new certificates of a rotation coexist.
+            let secret_name = host_secret_name(&request.id);
+            let issued = tokio::task::spawn_blocking({
+                let secret_name = secret_name.clone();
+                let tls_data = tls.as_ref().map(|(data, _)| data.clone());
+                let request = request.clone();
+                move || issuer.issue(&request, &secret_name, tls_data.as_ref(), now)
+            })
+            .await
+            .map_err(|e| format!("issuing panicked: {e}"))
+            .and_then(|result| result);
+            (request, secret_name, tls.map(|(_, fingerprint)| fingerprint), issued)
+        })
+    });
+    let results: Vec<_> = futures::stream::iter(jobs.collect::<Vec<_>>()).buffered(parallel).collect().await;
+    for (request, secret_name, source_fingerprint, issued) in results {
+        let (mut issued, data) = match issued {
             Ok(result) => result,
             Err(error) => {
                 report.problem(format!("certificate {}: {error}", request.id));
@@ -84,14 +104,14 @@ async fn issue_certificates<C: Catalog>(
             }
         };
         // The planner compares this with the user Secret's fingerprint to notice a new certificate.
-        issued.source_fingerprint = tls.map(|(_, fingerprint)| fingerprint);
+        issued.source_fingerprint = source_fingerprint;
         issued.secret_name = secret_name.clone();
         let secret = certificate_secret(&ctx.operator_namespace, &issued, data);
-        // Server-side apply creates it, or overwrites a Secret of that name whose metadata was damaged.
-        let params = PatchParams::apply(FIELD_MANAGER).force();
         if report.fenced_by(&ctx.fence) {
             return;
         }
+        // Server-side apply creates it, or overwrites a Secret of that name whose metadata was damaged.
+        let params = PatchParams::apply(FIELD_MANAGER).force();
         match secrets.patch(&secret_name, &params, &Patch::Apply(ssa_secret(&secret))).await {
             Ok(_) => {
                 report.secret_writes += 1;

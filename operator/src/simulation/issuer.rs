@@ -10,9 +10,11 @@ use rand_core::SeedableRng;
 use crate::controller::{CertificateIssuer, SecretData};
 use crate::plan::{CertificateRequest, IssuedCertificate};
 
-/// Issues real RSA certificates from a ChaCha20 generator seeded by the world.
+/// Issues real RSA certificates, each from a ChaCha20 generator seeded by the world's seed and the
+/// certificate id: the same certificates on every run, whatever order (or parallelism) they are
+/// issued in.
 pub struct SeededIssuer {
-    rng: Mutex<ChaCha20Rng>,
+    seed: u64,
     issued: Mutex<Vec<String>>,
     /// Wall time spent in `certs::issue` (RSA key generation dominates it), for the benchmark.
     issuing: Mutex<Duration>,
@@ -21,7 +23,7 @@ pub struct SeededIssuer {
 impl SeededIssuer {
     pub fn new(seed: u64) -> Self {
         Self {
-            rng: Mutex::new(ChaCha20Rng::seed_from_u64(seed)),
+            seed,
             issued: Mutex::new(Vec::new()),
             issuing: Mutex::new(Duration::ZERO),
         }
@@ -46,9 +48,12 @@ impl CertificateIssuer for SeededIssuer {
         tls_secret_data: Option<&SecretData>,
         now: jiff::Timestamp,
     ) -> Result<(IssuedCertificate, SecretData), String> {
-        let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seed = [0u8; 32];
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{}/{}", self.seed, request.id).as_bytes());
+        seed.copy_from_slice(&digest);
+        let mut rng = ChaCha20Rng::from_seed(seed);
         let started = Instant::now();
-        let issued = crate::certs::issue(request, secret_name, tls_secret_data, now, &mut *rng);
+        let issued = crate::certs::issue(request, secret_name, tls_secret_data, now, &mut rng);
         *self.issuing.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) += started.elapsed();
         let issued = issued.map_err(|e| e.to_string())?;
         self.issued.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(request.id.clone());
