@@ -179,7 +179,8 @@ async fn losing_the_lease_stops_a_running_pass_before_its_next_sql_action_or_api
     let catalog = FakeCatalog { gate: Some(gate.clone()), ..Default::default() };
     *catalog.observation.lock().unwrap() = Some(unprepared_observation());
     let (mut ctx, clock) = context(client.clone(), catalog);
-    let ours = LeaderElector::new(client.clone(), LeaseSettings::new("leader", OPERATOR_NS, "pod-a"), Arc::new(clock.clone()));
+    let ours =
+        LeaderElector::new(client.clone(), LeaseSettings::new("leader", OPERATOR_NS, "pod-a"), Arc::new(clock.clone()));
     assert_eq!(ours.step().await.unwrap(), LeaseStep::Leading);
     let (leading, fence) = tokio::sync::watch::channel(true);
     ctx.fence = Fence::following(fence);
@@ -189,8 +190,13 @@ async fn losing_the_lease_stops_a_running_pass_before_its_next_sql_action_or_api
         gate.started.notified().await;
         let writes_at_fence = server.ledger().writes_by("operator");
         // Our renewals stop (the pass is stuck in SQL); the standby takes over after expiry.
-        let standby_client = server.client(ssis_sim_apiserver::Identity::new("standby", "system:serviceaccount:ssis-system:ssis-operator"));
-        let standby = LeaderElector::new(standby_client, LeaseSettings::new("leader", OPERATOR_NS, "pod-b"), Arc::new(clock.clone()));
+        let standby_client = server
+            .client(ssis_sim_apiserver::Identity::new("standby", "system:serviceaccount:ssis-system:ssis-operator"));
+        let standby = LeaderElector::new(
+            standby_client,
+            LeaseSettings::new("leader", OPERATOR_NS, "pod-b"),
+            Arc::new(clock.clone()),
+        );
         assert!(matches!(standby.step().await.unwrap(), LeaseStep::Following { .. }));
         clock.advance(std::time::Duration::from_secs(16));
         assert_eq!(standby.step().await.unwrap(), LeaseStep::Leading);

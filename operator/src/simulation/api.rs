@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::MutexGuard;
 
 use serde_json::Value;
-pub use ssis_sim_apiserver::{ApiFault, FaultRule, Ledger, RequestKey, in_api_server};
+pub use ssis_sim_apiserver::{ApiFault, FaultRule, Ledger, RequestKey, api_server_cpu_on_this_thread, in_api_server};
 use ssis_sim_apiserver::{ApiServer, Identity, Options};
 
 /// Who sent a request.

@@ -22,11 +22,7 @@ pub struct SeededIssuer {
 
 impl SeededIssuer {
     pub fn new(seed: u64) -> Self {
-        Self {
-            seed,
-            issued: Mutex::new(Vec::new()),
-            issuing: Mutex::new(Duration::ZERO),
-        }
+        Self { seed, issued: Mutex::new(Vec::new()), issuing: Mutex::new(Duration::ZERO) }
     }
 
     /// Ids of every certificate issued so far, in order (a restart must not re-issue).

@@ -30,6 +30,41 @@ pub(crate) fn client(shared: Arc<Shared>, identity: Identity) -> kube::Client {
 
 thread_local! {
     static IN_API_SERVER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static API_SERVER_CPU_NANOS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// CPU time of the current thread, in nanoseconds (0 where unsupported).
+fn thread_cpu_nanos() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: `time` is a valid, writable timespec for the duration of the call.
+        let ok = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) } == 0;
+        if ok {
+            return (time.tv_sec as u64) * 1_000_000_000 + time.tv_nsec as u64;
+        }
+    }
+    0
+}
+
+/// CPU time the current thread spent serving API requests (including streaming watch events to
+/// clients polled on this thread), so a benchmark can subtract it from the thread's total.
+pub fn api_server_cpu_on_this_thread() -> std::time::Duration {
+    std::time::Duration::from_nanos(API_SERVER_CPU_NANOS.with(std::cell::Cell::get))
+}
+
+/// Run `poll` as the API server's side of a request: [`in_api_server`] is set and its CPU time
+/// counted (only the outermost poll counts, so nested ones are not counted twice).
+fn served<T>(poll: impl FnOnce() -> T) -> T {
+    let outer = IN_API_SERVER.replace(true);
+    let started = if outer { 0 } else { thread_cpu_nanos() };
+    let result = poll();
+    if !outer {
+        let spent = thread_cpu_nanos().saturating_sub(started);
+        API_SERVER_CPU_NANOS.with(|total| total.set(total.get() + spent));
+    }
+    IN_API_SERVER.set(outer);
+    result
 }
 
 /// Whether the current thread is doing the API server's side of a request (a benchmark's
@@ -45,10 +80,7 @@ impl<F: std::future::Future + Unpin> std::future::Future for ServedByApiServer<F
     type Output = F::Output;
 
     fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
-        let outer = IN_API_SERVER.replace(true);
-        let result = std::pin::Pin::new(&mut self.0).poll(cx);
-        IN_API_SERVER.set(outer);
-        result
+        served(|| std::pin::Pin::new(&mut self.0).poll(cx))
     }
 }
 

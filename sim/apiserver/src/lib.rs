@@ -37,7 +37,7 @@ use std::sync::{Arc, MutexGuard};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde_json::Value;
 
-pub use http::in_api_server;
+pub use http::{api_server_cpu_on_this_thread, in_api_server};
 pub use ledger::{ApiFault, FaultRule, Ledger, RequestKey};
 pub use merge::EmptiedContainers;
 pub use server::ApiError;

@@ -92,12 +92,21 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let number = |i: usize, default: usize| args.get(i).and_then(|a| a.parse().ok()).unwrap_or(default);
     let (groups, workers, max_rounds) = (number(0, 50), number(1, 20), number(2, 60) as u64);
+    let quiet_seconds = std::env::var("FLEET_BENCH_QUIET_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(60u64);
     println!("command: cargo run --release -p ssis-tests --bin fleet-bench -- {groups} {workers} {max_rounds}");
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(bench(groups, workers, max_rounds));
+    let world = runtime.block_on(converge(groups, workers, max_rounds));
+    let mut world = world;
+    runtime.block_on(passes(&mut world));
+    quiet_minute(&runtime, &world, quiet_seconds);
+    println!(
+        "process peak: VmHWM {:.0} MiB (API server, {} hosts, SQL model and operator in one process)",
+        vm_hwm_mib(),
+        world.nodes.len()
+    );
 }
 
-async fn bench(groups: usize, workers: usize, max_rounds: u64) {
+async fn converge(groups: usize, workers: usize, max_rounds: u64) -> World {
     let manifests = fleet(groups, workers);
     let started = Instant::now();
     let mut world = World::new(&manifests, WorldOptions::default()).await.expect("world");
@@ -107,110 +116,195 @@ async fn bench(groups: usize, workers: usize, max_rounds: u64) {
         world.nodes.len(),
         started.elapsed().as_secs_f64()
     );
-
-    let (wall, cpu) = (Instant::now(), thread_cpu());
-    let convergence = world.run_until_converged(max_rounds).await;
-    let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
-    match &convergence {
+    let wall = Instant::now();
+    match world.run_until_converged(max_rounds).await {
         Ok(c) => {
-            // Issuing (RSA key generation) is real operator work; reported apart from the rest.
+            // Issuing (RSA key generation, on the blocking pool) is real operator work.
             let issuing = world.issuer.issuing_time();
             println!(
-                "converge: {} rounds, {:.1} s wall, {:.1} s CPU; {} certificates issued in {:.1} s wall, \
-                 the rest (operator, agents, simulated world) {:.1} s wall",
+                "converge: {} rounds, {:.1} s wall; {} certificates issued ({:.1} s of RSA work over all cores)",
                 c.rounds,
-                wall.as_secs_f64(),
-                cpu.as_secs_f64(),
+                wall.elapsed().as_secs_f64(),
                 world.issuer.issued().len(),
                 issuing.as_secs_f64(),
-                wall.saturating_sub(issuing).as_secs_f64()
             )
         }
         Err(why) => {
             let head: String = why.lines().filter(|l| !l.starts_with("    ")).take(40).collect::<Vec<_>>().join("\n");
             println!(
-                "converge: NOT converged after {max_rounds} rounds ({:.1} s wall, {:.1} s of it issuing {} certificates)\n{head}",
-                wall.as_secs_f64(),
-                world.issuer.issuing_time().as_secs_f64(),
-                world.issuer.issued().len()
+                "converge: NOT converged after {max_rounds} rounds ({:.1} s wall)\n{head}",
+                wall.elapsed().as_secs_f64()
             );
         }
     }
+    world
+}
 
-    // One full operator resync over the converged fleet.
+/// The operator's stores, one full operator pass, and re-planning one deployment.
+async fn passes(world: &mut World) {
+    // The operator's stores hold every object it watches: measured as the heap a fresh set takes.
+    let before = LIVE[OPERATOR].load(Ordering::Relaxed);
+    let (stores, mut writers) = ssis_operator::controller::stores::Stores::writable();
+    writers.replace(world.snapshot(), &world.options.operator_namespace);
+    let stores_bytes = LIVE[OPERATOR].load(Ordering::Relaxed).saturating_sub(before);
+    drop((stores, writers));
+
+    // Every unit and the orphan sweep once over the converged fleet.
     let writes_before: u64 = world.api.ledger().writes.values().sum::<u64>();
+    world.sync_stores();
     let live_before = LIVE[OPERATOR].load(Ordering::Relaxed);
-    let api_server_before = LIVE[API_SERVER].load(Ordering::Relaxed);
     OPERATOR_PEAK.store(live_before, Ordering::Relaxed);
     let (wall, cpu) = (Instant::now(), thread_cpu());
     let resync = world.operator_pass().await;
     let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
-    // No host runs during the pass, so the growth is the operator's working set; the simulated SQL
-    // model's answers count as the operator's, as a real operator holds its query results.
-    let operator_peak = OPERATOR_PEAK.load(Ordering::Relaxed) - live_before;
-    let api_server_left = LIVE[API_SERVER].load(Ordering::Relaxed).saturating_sub(api_server_before);
+    let pass_peak = OPERATOR_PEAK.load(Ordering::Relaxed) - live_before;
     let api_writes = world.api.ledger().writes.values().sum::<u64>() - writes_before;
     match resync {
         Ok(report) => println!(
-            "resync (reconcile_world once): {:.0} ms CPU, {:.0} ms wall, writes {} (API {api_writes}, SQL {}), \
-             operator heap peak during the pass {:.1} MiB (API server allocations excluded; {:.1} MiB of them still live)",
+            "every unit once (resync): {:.0} ms CPU, {:.0} ms wall, writes {} (API {api_writes}, SQL {})",
             ms(cpu),
             ms(wall),
             report.writes(),
             report.sql_actions,
-            mib(operator_peak),
-            mib(api_server_left)
         ),
         Err(error) => println!("resync failed: {error}"),
     }
-
-    // One full round (operator, every agent, network, SQL ingest).
-    let (wall, cpu) = (Instant::now(), thread_cpu());
-    let round = world.step().await;
-    let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
     println!(
-        "full round (operator + {} agents + network): {:.0} ms CPU, {:.0} ms wall, writes {} (+{} Lease renewals)",
-        world.nodes.len(),
-        ms(cpu),
-        ms(wall),
-        round.writes(),
-        round.liveness_writes()
+        "operator heap: stores {:.1} MiB + one full resync's working set {:.1} MiB = {:.1} MiB (bytes the operator \
+         requested; API server allocations excluded)",
+        mib(stores_bytes),
+        mib(pass_peak),
+        mib(stores_bytes + pass_peak)
     );
 
-    // The pure planner on the fleet's input.
-    let unit = world.units().into_iter().next().expect("a unit");
-    let input = world.plan_input(&unit).await.expect("plan input");
-    // FLEET_BENCH_PLAN_RUNS raises the count, e.g. to profile the planner with `perf record`.
-    let runs = std::env::var("FLEET_BENCH_PLAN_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(21usize).max(1);
-    let (mut cpu_ms, mut wall_ms) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (wall, cpu) = (Instant::now(), thread_cpu());
-        let output = ssis_operator::plan::plan(&input);
-        cpu_ms.push(ms(thread_cpu() - cpu));
-        wall_ms.push(ms(wall.elapsed()));
-        std::hint::black_box(output);
+    // Re-plan one deployment after its spec changes: one pool gets a new tag.
+    let units = world.units();
+    let unit = units.first().cloned().expect("a unit");
+    let (namespace, name) = unit.split_once('/').expect("namespace/name");
+    let pools: Vec<ssis_crds::ScaleOutWorker> = world.list().await;
+    if let Some(pool) = pools.iter().find(|w| w.metadata.namespace.as_deref() == Some(namespace)) {
+        let mut changed = serde_json::to_value(pool).expect("json");
+        changed["apiVersion"] = "ssis.sqlops.io/v1alpha1".into();
+        changed["kind"] = "ScaleOutWorker".into();
+        changed["spec"]["tags"] = serde_json::json!(["benchmark"]);
+        if let Some(fields) = changed["metadata"].as_object_mut() {
+            fields.retain(|k, _| k == "name" || k == "namespace");
+        }
+        world.apply_object(changed).await.expect("spec change");
     }
-    cpu_ms.sort_by(f64::total_cmp);
-    wall_ms.sort_by(f64::total_cmp);
-    // Some kernels account thread CPU time in scheduler ticks (4 ms); the wall clock is exact and,
-    // single-threaded, close to CPU time on an idle machine.
+    let runs = std::env::var("FLEET_BENCH_PLAN_RUNS").ok().and_then(|r| r.parse().ok()).unwrap_or(21usize).max(1);
+    let mut dereference_ms = vec![];
+    let mut plan_ms = vec![];
+    let mut input = None;
+    for _ in 0..runs {
+        let wall = Instant::now();
+        let fresh = world.plan_input(&unit).await.expect("plan input");
+        dereference_ms.push(ms(wall.elapsed()));
+        let wall = Instant::now();
+        std::hint::black_box(ssis_operator::plan::plan(&fresh));
+        plan_ms.push(ms(wall.elapsed()));
+        input = Some(fresh);
+    }
+    dereference_ms.sort_by(f64::total_cmp);
+    plan_ms.sort_by(f64::total_cmp);
+    let input = input.expect("input");
     println!(
-        "plan (pure planner, {} HostConfigs, {runs} runs): median {:.1} ms wall (min {:.1}), {:.1} ms CPU",
+        "re-plan deployment {name} after a spec change ({} units in the fleet; {} HostConfigs, {} workers in the unit; \
+         {runs} runs): plan median {:.2} ms (min {:.2}), dereference from the stores + SQL observation median {:.2} ms",
+        units.len(),
         input.host_configs.len(),
-        wall_ms[runs / 2],
-        wall_ms[0],
-        cpu_ms[runs / 2],
+        input.workers.len(),
+        plan_ms[runs / 2],
+        plan_ms[0],
+        dereference_ms[runs / 2],
     );
-    // The operator keeps no object cache between passes (it lists every pass; watches only
-    // trigger), so its peak is its started process plus one pass's working set.
+}
+
+/// The long-running operator (reflectors, applier, role poller) for `seconds` of real time over the
+/// converged fleet, while every node's agent renews its Lease every 30 s from another thread.
+fn quiet_minute(runtime: &tokio::runtime::Runtime, world: &World, seconds: u64) {
+    use ssis_operator::controller::runner::{RunnerConfig, run};
+    use ssis_operator::simulation::api::Component;
+    let nodes: Vec<String> = world.nodes.keys().cloned().collect();
+    let namespace = world.options.operator_namespace.clone();
+    let client = world.client(Component::Agent);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Liveness keeps ticking: every agent's Lease every 30 s, spread over the 30 s.
+    let ticker = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async move {
+                let states: Vec<ssis_agent::runtime::AgentState> = nodes.iter().map(|_| Default::default()).collect();
+                let gap = std::time::Duration::from_secs(30) / nodes.len().max(1) as u32;
+                while !stop.load(Ordering::Relaxed) {
+                    for (node, state) in nodes.iter().zip(&states) {
+                        let config = ssis_agent::runtime::RuntimeConfig {
+                            node_name: node.clone(),
+                            namespace: namespace.clone(),
+                            agent: Default::default(),
+                            drift_interval: std::time::Duration::from_secs(2),
+                        };
+                        let _ = ssis_agent::runtime::renew_lease(&client, &config, state, jiff::Timestamp::now()).await;
+                        tokio::time::sleep(gap).await;
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                }
+            });
+        })
+    };
+    let ctx = world.new_operator_context();
+    let config = RunnerConfig { metrics_addr: "127.0.0.1:0".parse().expect("address"), ..RunnerConfig::default() };
+    let settle = std::time::Duration::from_secs(30);
+    let counts = |world: &World| {
+        let mut by_class = std::collections::BTreeMap::new();
+        for (key, n) in &world.api.ledger().requests {
+            *by_class.entry((key.component.clone(), key.verb.clone(), key.resource_path())).or_insert(0u64) += n;
+        }
+        by_class
+    };
+    let report = std::sync::Mutex::new(None);
+    runtime
+        .block_on(run(ctx, config, async {
+            tokio::time::sleep(settle).await;
+            let (requests, logins) = (counts(world), world.catalog.logins());
+            let (cpu, api_cpu) = (thread_cpu(), ssis_operator::simulation::api::api_server_cpu_on_this_thread());
+            tokio::time::sleep(std::time::Duration::from_secs(seconds)).await;
+            let cpu = (thread_cpu() - cpu)
+                .saturating_sub(ssis_operator::simulation::api::api_server_cpu_on_this_thread() - api_cpu);
+            *report.lock().unwrap() = Some((requests, counts(world), logins, world.catalog.logins(), cpu));
+        }))
+        .expect("runner");
+    stop.store(true, Ordering::Relaxed);
+    let _ = ticker.join();
+    let Some((before, after, logins, logins_after, cpu)) = report.into_inner().unwrap() else { return };
+    println!("quiet window: {seconds} s of real time after a {} s start-up, liveness ticking", settle.as_secs());
+    let mut other = 0;
+    for (class, n) in &after {
+        let delta = n - before.get(class).copied().unwrap_or(0);
+        if delta > 0 {
+            println!("  requests {:<8} {:<6} {:<28} {delta}", class.0, class.1, class.2);
+            if class.2 != "leases" {
+                other += delta;
+            }
+        }
+    }
+    let renewals: u64 = after
+        .iter()
+        .filter(|(c, _)| c.2 == "leases" && c.1 == "patch")
+        .map(|(c, n)| n - before.get(c).copied().unwrap_or(0))
+        .sum();
     println!(
-        "operator peak memory: heap peak during a resync {:.1} MiB (bytes requested by the operator; add the \
-         started operator process, measured separately in docs/testing.md)",
-        mib(operator_peak)
+        "  API requests other than Lease renewals: {other}; Lease renewals: {renewals} ({:.2} per node per 30 s)",
+        renewals as f64 / world.nodes.len() as f64 / (seconds as f64 / 30.0)
     );
     println!(
-        "process peak: VmHWM {:.0} MiB (API server, {} hosts, SQL model and operator in one process)",
-        vm_hwm_mib(),
-        world.nodes.len()
+        "  operator CPU: {:.0} ms in {seconds} s = {:.2} % of a core (its thread, minus the in-process API server's share); \
+         SQL logins: {}",
+        ms(cpu),
+        100.0 * cpu.as_secs_f64() / seconds as f64,
+        logins_after - logins
     );
 }
