@@ -8,7 +8,7 @@ mod cel_cost;
 mod support;
 
 use cel_cost::{PER_CRD_LIMIT, PER_EXPRESSION_LIMIT, functions, nests_macros, rule_cost};
-use kube::core::cel::{ScopeContext, check_rule_scope, compile_schema};
+use kube_cel::{ScopeContext, check_rule_scope, compile_schema};
 use serde_json::{Value, json};
 
 /// Margin under the server's limits: a rule (times its cardinality) may use a tenth of the
