@@ -308,6 +308,12 @@ cleanup() {
   fi
   exit "$status"
 }
+# A non-interactive shell starts its background jobs (`./script &` from another script, nohup,
+# some CI runners) with SIGINT ignored, and bash cannot trap or reset a signal ignored at entry:
+# the INT trap below would be a silent no-op. Say so instead of letting a Ctrl-C/SIGINT go nowhere.
+if [[ "$(trap -p INT)" == "trap -- '' SIGINT" ]]; then
+  say "SIGINT is ignored in this process (started as a background job): stop the run with SIGTERM (kill $$)"
+fi
 trap cleanup EXIT
 trap 'say "interrupted"; exit 130' INT
 trap 'say "terminated"; exit 143' TERM
@@ -404,7 +410,9 @@ for i in "${!node_names[@]}"; do
 done
 say "provisioned ${#node_names[@]} simulated Windows hosts in $world"
 
-# 7. The operator and one agent per node, in the background.
+# 7. The operator and one agent per node, in the background. As background jobs of this script
+# they ignore SIGINT (no `trap - INT` on purpose): a Ctrl-C reaches the whole process group, and the
+# operator must outlive it to run the finalizers during clean-up; cleanup stops everyone with SIGTERM.
 start() {
   local name=$1
   shift

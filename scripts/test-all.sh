@@ -17,6 +17,10 @@ trap 'bash scripts/ci/install-windows.sh stop' EXIT
 bash scripts/ci/install-helm.sh
 export PATH="$ROOT/.tools/bin:$PATH"
 
+# Every package of Cargo.lock, for every target: tests/tests/binaries_dependency_tree.rs reads the
+# Windows agent's tree with `cargo tree --offline`, before anything is built for Windows.
+cargo fetch --locked
+
 echo "== cargo test --workspace (Linux)" >&2
 cargo test --workspace --locked
 

@@ -249,12 +249,13 @@ fn service_body(stop: std::sync::mpsc::Receiver<()>) -> anyhow::Result<()> {
     }))
 }
 
-/// Install the one TLS crypto provider of this process before any client is built. Built in one
-/// cargo invocation with the operator (as scripts/dev-cluster-demo.sh does), rustls gets both the
-/// ring and aws-lc-rs features, and without an installed provider the first kube client panics.
+/// Install the one TLS crypto provider of this process (aws-lc-rs, as in the operator) before any
+/// client is built. Explicit, so that a dependency turning on a second rustls provider feature
+/// cannot make the first kube client panic ("Could not automatically determine the process-level
+/// CryptoProvider").
 fn install_crypto_provider() {
     // Fails only when a provider is installed already: that is the goal.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 fn main() -> anyhow::Result<()> {

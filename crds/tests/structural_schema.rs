@@ -114,7 +114,7 @@ fn check_node(path: &str, node: &Value, problems: &mut Vec<String>) {
         if !errors.is_empty() {
             problems.push(format!("{path}: default {default} is invalid against its schema: {errors:?}"));
         }
-        let cel = kube::core::cel::Validator::new().validate(node, default, None);
+        let cel = kube_cel::Validator::new().validate(node, default, None);
         if let Err(cel_errors) = cel {
             problems.push(format!("{path}: default {default} breaks a CEL rule: {cel_errors:?}"));
         }

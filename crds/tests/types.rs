@@ -33,7 +33,7 @@ where
     T: serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
 {
     let schema = &support::schemas_by_kind()[kind];
-    let defaulted = kube::core::cel::apply_defaults(schema, &object);
+    let defaulted = kube_cel::apply_defaults(schema, &object);
     let as_written: T = serde_json::from_value(object.clone()).expect("object as written deserializes");
     let as_stored: T = serde_json::from_value(defaulted.clone()).expect("defaulted object deserializes");
     assert_eq!(as_written, as_stored, "{kind}: serde defaults differ from schema defaults\n{defaulted:#}");

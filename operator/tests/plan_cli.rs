@@ -123,13 +123,18 @@ fn binary_prints_text_and_json() {
     assert!(value["nodes"].as_object().is_some_and(|n| n.len() == 5));
 }
 
+/// The repository's examples (always in the tree: a missing file fails the test instead of skipping
+/// it) preview the deployment they describe: the master nodes point SqlServerName at the AG
+/// listener of 20-availability-group.yaml, the workers at the master endpoint of
+/// 30-master-group.yaml, and SQL Server gets the Scale Out actions.
 #[test]
-fn repository_examples_preview_when_present() {
+fn repository_examples_preview_the_deployment_they_describe() {
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    if !examples.join("30-master-group.yaml").exists() {
-        return;
-    }
     let text = text_for(&[examples]);
-    assert!(text.contains("masterSettings SqlServerName="));
-    assert!(text.contains("\nsql "));
+    for node in ["win-sql-1", "win-sql-2", "win-worker-1"] {
+        assert!(text.contains(&format!("\nnode {node} ")), "node {node} missing:\n{text}");
+    }
+    assert!(text.contains("masterSettings SqlServerName=agl-ssis.corp.example.com,1433"), "{text}");
+    assert!(text.contains("workerSettings MasterEndpoint=https://ssis-master.corp.example.com:8391"), "{text}");
+    assert!(text.contains("\nsql ssis/ssisdb\n") && text.contains(". EnableScaleOut replica=WIN-SQL-1\n"), "{text}");
 }

@@ -26,7 +26,7 @@ struct Endpoint {
 }
 
 fn endpoint() -> Endpoint {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     ca_params.distinguished_name.push(rcgen::DnType::CommonName, "test CA");
@@ -72,7 +72,8 @@ fn endpoint() -> Endpoint {
             });
         }
     });
-    Endpoint { port, ca_pem: ca.pem(), handshakes }
+    let ca_pem = pem::encode(&pem::Pem::new("CERTIFICATE", ca.der().to_vec()));
+    Endpoint { port, ca_pem, handshakes }
 }
 
 fn kubeconfig(scratch: &Scratch, endpoint: &Endpoint) -> std::path::PathBuf {

@@ -10,6 +10,7 @@
 mod devmode_support;
 
 use std::collections::BTreeSet;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -173,6 +174,9 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // SAFETY: the closure runs in the child between fork and exec and only calls signal(2),
+        // which is async-signal-safe; it touches no memory of the parent.
+        unsafe { command.pre_exec(default_signal_dispositions) };
         command
     }
 
@@ -183,6 +187,27 @@ impl Lab {
     fn stub_pids(&self) -> Vec<u32> {
         read_lines(&self.scratch.join("stub.pids")).iter().map(|l| l.parse().unwrap()).collect()
     }
+}
+
+/// Start the script with SIGINT and SIGTERM at their defaults, as a terminal would. A
+/// non-interactive shell starts background jobs (`./scripts/test-all.sh &`, nohup, some CI
+/// runners) with SIGINT ignored; an ignored signal stays ignored across fork and exec, and bash
+/// cannot trap a signal ignored at entry, so the script would never see the tests' SIGINT.
+fn default_signal_dispositions() -> std::io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: signal(2) with SIG_DFL is async-signal-safe and changes only this process.
+        if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The signals a process ignores (the `SigIgn` mask of /proc/PID/status).
+fn ignored_signals(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process is running");
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigIgn:")).expect("SigIgn line");
+    u64::from_str_radix(mask.trim(), 16).expect("hex mask")
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
@@ -450,6 +475,10 @@ fn sigint_while_waiting_stops_every_process_including_the_wait() {
     wait_until("the script to wait for Ready", || wait_pid_file.is_file());
     let wait_pid: u32 = std::fs::read_to_string(&wait_pid_file).unwrap().trim().parse().unwrap();
     assert!(alive(wait_pid));
+    // Whatever this test process inherited (a background job ignores SIGINT), the script must not
+    // ignore SIGINT, or the signal below would go nowhere and the script would run to its timeout.
+    let sigint = 1u64 << (libc::SIGINT - 1);
+    assert_eq!(ignored_signals(script_pid) & sigint, 0, "the script was started with SIGINT ignored");
     let status = Command::new("kill").args(["-INT", &script_pid.to_string()]).status().unwrap();
     assert!(status.success());
     let finished = finish(child);

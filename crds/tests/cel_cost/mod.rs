@@ -21,8 +21,8 @@
 //! where the cardinality is the product of `maxItems` / `maxProperties` of every list and map
 //! above the rule (`cel_validation.go`, `extractMaxElements`).
 
-use kube::core::cel::cel::common::ast::{ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
-use kube::core::cel::cel::parser::Parser;
+use kube_cel::cel::common::ast::{ComprehensionExpr, EntryExpr, Expr, IdedExpr, LiteralValue};
+use kube_cel::cel::parser::Parser;
 use serde_json::Value;
 
 /// apiextensions `StaticEstimatedCostLimit`: per rule, after multiplying by its cardinality.

@@ -133,13 +133,13 @@ pub fn admission_errors(schema: &Value, object: &Value) -> Vec<String> {
         Some(name) if valid_object_name(name) => {}
         other => errors.push(format!("metadata.name: {other:?} is not a DNS-1123 subdomain")),
     }
-    let defaulted = kube::core::cel::apply_defaults(schema, object);
+    let defaulted = kube_cel::apply_defaults(schema, object);
     let validator = json_validator(schema);
     for error in validator.iter_errors(&defaulted) {
         errors.push(format!("{}: {}", field_path(error.instance_path().as_str()), error));
     }
     list_type_errors("", schema, &defaulted, &mut errors);
-    if let Err(cel_errors) = kube::core::cel::Validator::new().validate(schema, object, None) {
+    if let Err(cel_errors) = kube_cel::Validator::new().validate(schema, object, None) {
         errors.extend(cel_errors.iter().map(|e| e.to_string()));
     }
     errors

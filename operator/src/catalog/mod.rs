@@ -273,11 +273,12 @@ pub mod tds;
 pub use simulated::SimulatedCatalog;
 pub use tds::TiberiusCatalog;
 
-/// Install the process-wide rustls `CryptoProvider` (ring) once. tiberius' rustls path links
-/// aws-lc-rs while kube uses ring; with two providers compiled in, rustls cannot pick a default
-/// and the first TLS client panics. Idempotent: later calls (or a provider installed by someone
-/// else first) are fine. The controller calls it at start-up; tests call it before connecting.
+/// Install the process-wide rustls `CryptoProvider` (aws-lc-rs, the only one the operator links:
+/// tiberius' rustls path turns it on, and kube and rcgen are set to it) once. Explicit rather than
+/// left to rustls' feature detection, so a dependency that turns on a second provider cannot make
+/// the first TLS client panic. Idempotent: later calls (or a provider installed by someone else
+/// first) are fine. The controller calls it at start-up; tests call it before connecting.
 pub fn install_crypto_provider() {
     // `install_default` fails only when a provider is installed already: that is the goal.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }

@@ -7,20 +7,26 @@
 //! Choices where Microsoft is silent (reference §7, [UNCONFIRMED] key usage): RSA 2048,
 //! KeyUsage DigitalSignature + KeyEncipherment, EKU serverAuth + clientAuth. The PFX uses
 //! 3DES + HMAC-SHA1, which every supported Windows Server imports (AES-256 PFX needs 2019+).
+//!
+//! RSA keys are generated, parsed and re-encoded by aws-lc-rs, the process's one TLS crypto
+//! provider (through rcgen for generation). The PFX is written by `p12-keystore`, whose `pkcs12`
+//! and `cms` dependencies are RustCrypto pre-releases (0.2.0-pre.0, 0.3.0-pre.1; no RustSec
+//! advisory against either): no maintained stable crate writes PKCS#12 (`p12` 0.6 is unmaintained
+//! and links a second generation of the RustCrypto ciphers), and aws-lc-rs does not expose
+//! AWS-LC's `PKCS12_create`. Revisit when RustCrypto's `pkcs12` ships its builder.
 
 use std::collections::BTreeMap;
 
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::KeyPair as _;
 use p12_keystore::{
     Certificate as P12Certificate, EncryptionAlgorithm, KeyStore, KeyStoreEntry, MacAlgorithm, PrivateKey,
     PrivateKeyChain,
 };
-use rand_core::CryptoRngCore;
+use rand::CryptoRng;
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use rsa::RsaPrivateKey;
-use rsa::pkcs1::DecodeRsaPrivateKey;
-use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
 use sha1::{Digest, Sha1};
 use ssis_crds::host_secret_keys;
 
@@ -41,20 +47,19 @@ pub enum CertError {
     Package { id: String, message: String },
 }
 
-/// RSA modulus size of generated keys.
-pub const RSA_BITS: usize = 2048;
 /// Generated certificates start this much before `now`, for clock skew between hosts.
 const BACKDATE: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// Produce the certificate a request asks for and the data of its operator-namespace Secret
 /// named `secret_name` (e.g. [`crate::plan::certificates::host_secret_name`]). `tls_secret_data` is the data of the user's `kubernetes.io/tls`
-/// Secret for [`CertificateRequestSource::FromTlsSecret`] (ignored otherwise).
+/// Secret for [`CertificateRequestSource::FromTlsSecret`] (ignored otherwise). `rng` draws the
+/// serial number and the PFX password; the RSA key comes from aws-lc-rs's own generator.
 pub fn issue(
     request: &CertificateRequest,
     secret_name: &str,
     tls_secret_data: Option<&BTreeMap<String, Vec<u8>>>,
     now: jiff::Timestamp,
-    rng: &mut (impl CryptoRngCore + ?Sized),
+    rng: &mut (impl CryptoRng + ?Sized),
 ) -> Result<(IssuedCertificate, BTreeMap<String, Vec<u8>>), CertError> {
     let (der, pkcs8, info) = match &request.source {
         CertificateRequestSource::Generate { common_name, dns_names, validity_days } => {
@@ -156,10 +161,10 @@ fn convert_tls_secret(
     let key_pem = data.get("tls.key").ok_or_else(|| invalid(secret, "has no tls.key".into()))?;
     let block = pem::parse(key_pem).map_err(|e| invalid(secret, format!("tls.key is not PEM: {e}")))?;
     let key = match block.tag() {
-        "PRIVATE KEY" => RsaPrivateKey::from_pkcs8_der(block.contents()).map_err(|_| {
+        "PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_pkcs8(block.contents()).map_err(|_| {
             invalid(secret, "tls.key is not an RSA key; only RSA keys are supported (issue the certificate with an RSA key, e.g. cert-manager privateKey.algorithm: RSA)".into())
         })?,
-        "RSA PRIVATE KEY" => RsaPrivateKey::from_pkcs1_der(block.contents())
+        "RSA PRIVATE KEY" => aws_lc_rs::rsa::KeyPair::from_der(block.contents())
             .map_err(|e| invalid(secret, format!("tls.key is not a valid RSA key: {e}")))?,
         other => {
             return Err(invalid(
@@ -168,23 +173,18 @@ fn convert_tls_secret(
             ));
         }
     };
-    let public = key
-        .to_public_key()
-        .to_public_key_der()
-        .map_err(|e| invalid(secret, format!("tls.key: cannot encode the public key: {e}")))?;
     let (_, certificate) =
         x509_parser::parse_x509_certificate(&der).map_err(|e| invalid(secret, format!("tls.crt: {e}")))?;
-    if certificate.public_key().raw != public.as_bytes() {
+    // Both sides as the DER RSAPublicKey (modulus, exponent): the certificate's subjectPublicKey
+    // bits and the key's public half.
+    if certificate.public_key().subject_public_key.data.as_ref() != key.public_key().as_ref() {
         return Err(invalid(
             secret,
             "tls.key does not belong to the certificate in tls.crt; put the matching pair in the Secret".into(),
         ));
     }
-    let pkcs8 = key
-        .to_pkcs8_der()
-        .map_err(|e| invalid(secret, format!("tls.key: cannot encode as PKCS#8: {e}")))?
-        .as_bytes()
-        .to_vec();
+    let pkcs8 =
+        key.as_der().map_err(|e| invalid(secret, format!("tls.key: cannot encode as PKCS#8: {e}")))?.as_ref().to_vec();
     Ok((der, pkcs8, info))
 }
 
@@ -194,12 +194,12 @@ fn generate(
     dns_names: &[String],
     validity_days: u32,
     now: jiff::Timestamp,
-    rng: &mut (impl CryptoRngCore + ?Sized),
+    rng: &mut (impl CryptoRng + ?Sized),
 ) -> Result<(Vec<u8>, Vec<u8>, CertificateInfo), CertError> {
     let error = |message: String| CertError::Generate { id: id.to_string(), message };
-    let key = RsaPrivateKey::new(rng, RSA_BITS).map_err(|e| error(format!("RSA key generation: {e}")))?;
-    let pkcs8 = key.to_pkcs8_der().map_err(|e| error(format!("PKCS#8 encoding: {e}")))?.as_bytes().to_vec();
-    let key_pair = KeyPair::try_from(pkcs8.as_slice()).map_err(|e| error(format!("loading the RSA key: {e}")))?;
+    let key_pair = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        .map_err(|e| error(format!("RSA key generation: {e}")))?;
+    let pkcs8 = key_pair.serialize_der();
 
     let mut params = CertificateParams::new(dns_names.to_vec())
         .map_err(|e| error(format!("subject alternative names {dns_names:?}: {e}")))?;
@@ -234,7 +234,7 @@ fn generate(
 }
 
 /// 32 characters from letters and digits (no characters that need quoting anywhere).
-fn random_password(rng: &mut (impl CryptoRngCore + ?Sized)) -> String {
+fn random_password(rng: &mut (impl CryptoRng + ?Sized)) -> String {
     const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
     let mut bytes = [0u8; 32];
     rng.fill_bytes(&mut bytes);

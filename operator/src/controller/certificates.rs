@@ -32,7 +32,8 @@ pub trait CertificateIssuer: Send + Sync {
     ) -> Result<(IssuedCertificate, SecretData), String>;
 }
 
-/// The real issuer: RSA keys from the OS random generator.
+/// The real issuer: RSA keys from aws-lc-rs; serial numbers and PFX passwords from the
+/// thread-local CSPRNG (ChaCha12, seeded and reseeded from the operating system).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CertsIssuer;
 
@@ -44,8 +45,7 @@ impl CertificateIssuer for CertsIssuer {
         tls_secret_data: Option<&SecretData>,
         now: jiff::Timestamp,
     ) -> Result<(IssuedCertificate, SecretData), String> {
-        crate::certs::issue(request, secret_name, tls_secret_data, now, &mut rand_core::OsRng)
-            .map_err(|e| e.to_string())
+        crate::certs::issue(request, secret_name, tls_secret_data, now, &mut rand::rng()).map_err(|e| e.to_string())
     }
 }
 

@@ -1,18 +1,19 @@
-//! The real certificate code ([`crate::certs::issue`]) driven by a seeded generator, so a simulated
-//! world issues the same certificates on every run, and counts what it issued.
+//! The real certificate code ([`crate::certs::issue`]) driven by a seeded generator for serial
+//! numbers and PFX passwords, and counts what it issued. The RSA keys come from aws-lc-rs, which
+//! takes no seed, so thumbprints differ between runs; no test compares them across worlds.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::SeedableRng;
+use rand::SeedableRng;
+use rand::rngs::ChaCha20Rng;
 
 use crate::controller::{CertificateIssuer, SecretData};
 use crate::plan::{CertificateRequest, IssuedCertificate};
 
-/// Issues real RSA certificates, each from a ChaCha20 generator seeded by the world's seed and the
-/// certificate id: the same certificates on every run, whatever order (or parallelism) they are
-/// issued in.
+/// Issues real RSA certificates (keys from aws-lc-rs, which takes no seed), with serials and
+/// passwords from a ChaCha20 generator seeded by the world's seed and the certificate id: the same
+/// serials on every run, whatever order (or parallelism) the certificates are issued in.
 pub struct SeededIssuer {
     seed: u64,
     issued: Mutex<Vec<String>>,
