@@ -198,6 +198,7 @@ pub async fn reconcile_world<C: Catalog>(ctx: &Context<C>) -> Result<ReconcileRe
     keep_unconfirmed_password_fingerprints(&mut plan, &world.input, &report);
     status::update_status(ctx, &world, &plan, &mut report).await;
     ctx.metrics.record_report(&report);
+    ctx.metrics.observe(&world.input, &plan);
     Ok(report)
 }
 
