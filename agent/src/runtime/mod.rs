@@ -117,7 +117,21 @@ pub struct PassDetail {
 /// One pass: read the HostConfig, reconcile the host, write the status if it changed.
 pub async fn sync_once(client: &Client, host: &SharedHost, config: &RuntimeConfig) -> anyhow::Result<SyncOutcome> {
     let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
-    let Some(pass) = sync_at(client, host, config, now, StatusWrite::IfChanged).await? else {
+    let result = sync_at(client, host, config, now, StatusWrite::IfChanged).await;
+    // Metrics hook: one record per pass (crate::metrics).
+    let metrics = crate::metrics::global();
+    match &result {
+        Ok(Some(pass)) => metrics.record_pass(
+            &pass.status,
+            &pass.report,
+            pass.status_write_error.is_none(),
+            now,
+            std::time::Instant::now(),
+        ),
+        Ok(None) => metrics.record_no_host_config(now, std::time::Instant::now()),
+        Err(_) => metrics.record_error(),
+    }
+    let Some(pass) = result? else {
         return Ok(SyncOutcome::NoHostConfig);
     };
     let report = pass.report;
