@@ -198,6 +198,12 @@ impl AgentMetrics {
         for (kind, count) in &report.writes {
             self.writes.get_or_create(&vec![("kind", format!("{kind:?}"))]).inc_by(u64::from(*count));
         }
+        // Every item gets its series at zero, so `increase()` also sees an item's first repair.
+        for item in &status.items {
+            let _ = self
+                .drift_repairs
+                .get_or_create(&vec![("kind", format!("{:?}", item.kind)), ("item", item.name.clone())]);
+        }
         if report.drift_repaired {
             for item in &report.changed_items {
                 let kind = status.items.iter().find(|i| &i.name == item).map(|i| format!("{:?}", i.kind));
@@ -365,8 +371,16 @@ mod tests {
             drift_repaired: false,
             ..Default::default()
         };
-        metrics.record_pass(&HostConfigStatus::default(), &report, true, now(), Instant::now());
-        assert!(!metrics.encode().contains("ssis_agent_drift_repairs_total{"));
+        let status = HostConfigStatus {
+            items: vec![item(ItemKind::MasterSettings, "masterSettings", ItemState::Applied)],
+            ..Default::default()
+        };
+        metrics.record_pass(&status, &report, true, now(), Instant::now());
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"ssis_agent_drift_repairs_total{kind="MasterSettings",item="masterSettings"} 0"#),
+            "{text}"
+        );
     }
 
     #[test]
