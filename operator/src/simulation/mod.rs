@@ -201,6 +201,8 @@ pub struct World {
     pub operator_running: bool,
     /// The last round run.
     pub last: RoundReport,
+    /// Each node's agent metrics, recorded from its passes as the running agent records them.
+    pub agent_metrics: BTreeMap<String, Arc<ssis_agent::metrics::AgentMetrics>>,
     recording: RecordingCatalog<SimulatedCatalog>,
     ctx: Context<RecordingCatalog<SimulatedCatalog>>,
     directory: WorldDirectory,
@@ -239,6 +241,7 @@ impl World {
             totals: Totals::default(),
             operator_running: true,
             last: RoundReport::default(),
+            agent_metrics: BTreeMap::new(),
             recording,
             ctx,
             directory,
@@ -330,6 +333,11 @@ impl World {
         Ok(world.input)
     }
 
+    /// The metrics of the current operator process (a restart starts fresh ones).
+    pub fn operator_metrics(&self) -> &Arc<crate::controller::Metrics> {
+        &self.ctx.metrics
+    }
+
     /// The operator's `reconcile_world` once.
     pub async fn operator_pass(&mut self) -> Result<ReconcileReport, String> {
         reconcile_world(&self.ctx).await.map_err(|e| e.to_string())
@@ -407,6 +415,13 @@ impl World {
                 _ => {}
             }
         }
+        self.agent_metrics.entry(node.to_string()).or_default().record_pass(
+            &detail.status,
+            &detail.report,
+            detail.status_write_error.is_none(),
+            self.clock.now(),
+            std::time::Instant::now(),
+        );
         pass.report = detail.report;
         pass.status_written = detail.status_written;
         pass.heartbeat_only = detail.status_written
