@@ -208,6 +208,33 @@ fn thresholds_come_from_values() {
 }
 
 #[test]
+fn every_alert_links_its_runbook_section_in_docs_operations() {
+    let groups = rule_groups();
+    let docs = std::fs::read_to_string(repo_root().join("docs/operations.md")).expect("docs/operations.md");
+    let headings: BTreeSet<&str> = docs.lines().filter_map(|l| l.strip_prefix("### ")).map(str::trim).collect();
+    for alert in alerts(&groups) {
+        let name = alert["alert"].as_str().unwrap();
+        let url = alert["annotations"]["runbook_url"].as_str().unwrap_or_else(|| panic!("{name} has no runbook_url"));
+        assert_eq!(
+            url,
+            format!(
+                "https://example.invalid/ssis-scale-out-operator/blob/main/docs/operations.md#{}",
+                name.to_lowercase()
+            ),
+            "{name}"
+        );
+        assert!(headings.contains(name), "docs/operations.md has no section '### {name}' for its runbook link");
+        for key in ["summary", "description"] {
+            assert!(alert["annotations"][key].is_string(), "{name} lacks annotation {key}");
+        }
+        assert!(
+            ["info", "warning", "critical"].contains(&alert["labels"]["severity"].as_str().unwrap_or_default()),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn the_rules_query_only_metrics_the_binaries_export() {
     let exported = exported_names();
     let groups = rule_groups();
