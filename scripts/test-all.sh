@@ -2,7 +2,8 @@
 # The whole test suite, as the README documents it: installs what the tests need (Rust components
 # and the Windows target, mingw + Wine with the project's prefix, helm + kubectl into .tools/bin),
 # then runs every workspace test on Linux and the node agent's tests as Windows executables under
-# Wine (the runner is set in .cargo/config.toml).
+# Wine (the runner is set in .cargo/config.toml). promtool (Debian's prometheus package) checks the
+# chart's alert rules.
 #
 # Usage: ./scripts/test-all.sh   (from anywhere inside the repository)
 set -euo pipefail
@@ -15,6 +16,7 @@ bash scripts/ci/install-windows.sh
 # Wine's background processes would otherwise keep the caller's output pipe open after we exit.
 trap 'bash scripts/ci/install-windows.sh stop' EXIT
 bash scripts/ci/install-helm.sh
+bash scripts/ci/install-promtool.sh
 export PATH="$ROOT/.tools/bin:$PATH"
 
 # Every package of Cargo.lock, for every target: tests/tests/binaries_dependency_tree.rs reads the

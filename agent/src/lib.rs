@@ -5,10 +5,12 @@
 //! - [`engine`]: diff desired vs observed → ordered idempotent steps → executor → status.
 //! - [`host`]: the `Host` trait with the Win32 and the simulated implementations.
 //! - [`runtime`]: the Kubernetes side (watch HostConfig, read Secrets, write status, drift poll).
+//! - [`metrics`]: per-host figures and the `/metrics`, `/healthz`, `/readyz` endpoints.
 
 pub mod certificates;
 pub mod engine;
 pub mod host;
+pub mod metrics;
 pub mod runtime;
 pub mod safety;
 pub mod settings;

@@ -86,6 +86,29 @@ struct RunArgs {
     /// Kubeconfig file; default: in-cluster configuration, then $KUBECONFIG / ~/.kube/config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Address of /metrics, /healthz and /readyz, or `off`. A HostProcess pod shares the node's
+    /// network, so the port must be free on the node.
+    #[arg(long, default_value = "0.0.0.0:9181", value_parser = parse_metrics_addr)]
+    metrics_addr: MetricsAddr,
+    /// /healthz fails when no pass completed for this long.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    liveness_bound: Duration,
+}
+
+/// Where the metrics endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MetricsAddr {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_metrics_addr(text: &str) -> Result<MetricsAddr, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr::Off);
+    }
+    text.parse()
+        .map(MetricsAddr::At)
+        .map_err(|_| format!("'{text}' is neither an address such as 0.0.0.0:9181 nor 'off'"))
 }
 
 #[derive(Args, Debug)]
@@ -192,6 +215,19 @@ async fn kube_client(kubeconfig: Option<&PathBuf>) -> anyhow::Result<kube::Clien
 }
 
 async fn run_agent(args: RunArgs, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = ssis_agent::metrics::configure(args.liveness_bound);
+    if let MetricsAddr::At(addr) = args.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listening on {addr} (--metrics-addr)"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        tracing::info!(addr = %bound, "serving /metrics /healthz /readyz");
+        tokio::spawn(async move {
+            if let Err(error) = ssis_agent::metrics::serve(listener, metrics).await {
+                tracing::error!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
     let safety = args.host.safety()?;
     let host = args.host.open()?;
     let client = kube_client(args.kubeconfig.as_ref()).await?;
@@ -258,14 +294,21 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Text for a person at a terminal; JSON lines otherwise (service log files, container logs), which
+/// carry no ANSI escape codes.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = || tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    if std::io::stderr().is_terminal() {
+        tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    } else {
+        tracing_subscriber::fmt().json().with_env_filter(filter()).with_writer(std::io::stderr).init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging();
     match Cli::parse().command {
         Command::Run(args) => tokio_runtime()?.block_on(run_agent(args, runtime::shutdown_signal())),
         Command::Apply(args) => apply_once(args),
@@ -287,5 +330,21 @@ fn main() -> anyhow::Result<()> {
         Command::InstallService { .. } | Command::UninstallService | Command::Service(_) => {
             anyhow::bail!("Windows services exist only on Windows; on this platform run `ssis-agent run` directly")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_address_is_an_address_or_off() {
+        assert_eq!(parse_metrics_addr("off"), Ok(MetricsAddr::Off));
+        assert_eq!(parse_metrics_addr("127.0.0.1:9181"), Ok(MetricsAddr::At(([127, 0, 0, 1], 9181).into())));
+        assert!(parse_metrics_addr("9181").unwrap_err().contains("neither an address"));
+        let cli = Cli::parse_from(["ssis-agent", "run", "--node-name", "n", "--namespace", "ns"]);
+        let Command::Run(args) = cli.command else { panic!("run") };
+        assert_eq!(args.metrics_addr, MetricsAddr::At(([0, 0, 0, 0], 9181).into()));
+        assert_eq!(args.liveness_bound, Duration::from_secs(600));
     }
 }

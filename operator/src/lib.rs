@@ -4,5 +4,6 @@ pub mod catalog;
 pub mod certs;
 pub mod cli;
 pub mod controller;
+pub mod metrics;
 pub mod plan;
 pub mod simulation;

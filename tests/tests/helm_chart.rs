@@ -63,8 +63,12 @@ fn every_rendered_object_is_a_valid_api_object() {
         assert!(!docs.is_empty(), "{label}: nothing rendered");
         for doc in &docs {
             let typed = assert_api_valid(doc);
-            // The one kind without a typed model is prometheus-operator's ServiceMonitor.
-            assert!(typed || kind(doc) == "ServiceMonitor", "{label}: unexpected kind {}", kind(doc));
+            // The kinds without a typed model are prometheus-operator's.
+            assert!(
+                typed || ["ServiceMonitor", "PodMonitor", "PrometheusRule"].contains(&kind(doc)),
+                "{label}: unexpected kind {}",
+                kind(doc)
+            );
             if kind(doc) != "ClusterRole"
                 && kind(doc) != "ClusterRoleBinding"
                 && kind(doc) != "ValidatingAdmissionPolicy"
@@ -105,7 +109,20 @@ fn chart_crds_equal_generated_crds() {
 // What each value set renders
 // ---------------------------------------------------------------------------------------------
 
+/// Optional monitoring objects: (PrometheusRule, Grafana dashboard ConfigMap, agent PodMonitor).
+type Monitoring = (bool, bool, bool);
+
 fn expected_inventory(agent: bool, pdb: bool, service_monitor: bool, policy: bool) -> BTreeSet<(String, String)> {
+    expected_inventory_with(agent, pdb, service_monitor, policy, (false, false, false))
+}
+
+fn expected_inventory_with(
+    agent: bool,
+    pdb: bool,
+    service_monitor: bool,
+    policy: bool,
+    (rules, dashboard, pod_monitor): Monitoring,
+) -> BTreeSet<(String, String)> {
     let mut items = vec![
         ("Deployment", "ssis-operator"),
         ("Service", "ssis-operator-metrics"),
@@ -138,6 +155,15 @@ fn expected_inventory(agent: bool, pdb: bool, service_monitor: bool, policy: boo
             ("ValidatingAdmissionPolicyBinding", "ssis-operator-agent-own-node"),
         ]);
     }
+    if rules {
+        items.push(("PrometheusRule", "ssis-operator"));
+    }
+    if dashboard {
+        items.push(("ConfigMap", "ssis-operator-dashboard"));
+    }
+    if pod_monitor {
+        items.push(("PodMonitor", "ssis-operator-agent"));
+    }
     items.into_iter().map(|(k, n)| (k.to_string(), n.to_string())).collect()
 }
 
@@ -156,6 +182,26 @@ fn value_sets_render_the_expected_objects() {
     assert_eq!(
         inventory(&render(&["--set", "agent.nodeBoundStatusPolicy.enabled=true"])),
         expected_inventory(true, true, false, true)
+    );
+    assert_eq!(
+        inventory(&render(VARIANTS.last().expect("monitoring variant").1)),
+        expected_inventory_with(true, true, true, false, (true, true, true))
+    );
+    for (toggle, monitoring) in [
+        ("prometheusRule.enabled=true", (true, false, false)),
+        ("grafanaDashboard.enabled=true", (false, true, false)),
+        ("agent.metrics.podMonitor.enabled=true", (false, false, true)),
+    ] {
+        assert_eq!(
+            inventory(&render(&["--set", toggle])),
+            expected_inventory_with(true, true, false, false, monitoring),
+            "{toggle}"
+        );
+    }
+    // No agents, no PodMonitor.
+    assert_eq!(
+        inventory(&render(&["--set", "agent.enabled=false", "--set", "agent.metrics.podMonitor.enabled=true"])),
+        expected_inventory(false, true, false, false)
     );
 }
 
@@ -404,7 +450,21 @@ fn agent_is_a_windows_host_process_daemonset() {
     // Every container of a HostProcess pod must be HostProcess.
     assert_eq!(container["securityContext"]["windowsOptions"]["hostProcess"], json!(true));
     assert!(pod["initContainers"].is_null());
-    assert_eq!(args(container), ["run", "--node-name=$(NODE_NAME)", "--namespace=$(POD_NAMESPACE)", "--host=windows"]);
+    assert_eq!(
+        args(container),
+        [
+            "run",
+            "--node-name=$(NODE_NAME)",
+            "--namespace=$(POD_NAMESPACE)",
+            "--host=windows",
+            "--metrics-addr=0.0.0.0:9181",
+            "--liveness-bound=10m"
+        ]
+    );
+    // The host network opens the metrics port on the node; the probes use it.
+    assert_eq!(container["ports"], json!([{"name": "metrics", "containerPort": 9181, "protocol": "TCP"}]));
+    assert_eq!(container["livenessProbe"]["httpGet"], json!({"path": "/healthz", "port": "metrics"}));
+    assert_eq!(container["readinessProbe"]["httpGet"], json!({"path": "/readyz", "port": "metrics"}));
     let env = container["env"].as_array().expect("env");
     let field = |var: &str| {
         env.iter().find(|entry| entry["name"] == var).unwrap_or_else(|| panic!("{var}"))["valueFrom"]["fieldRef"]
@@ -414,6 +474,33 @@ fn agent_is_a_windows_host_process_daemonset() {
     assert_eq!(field("NODE_NAME"), json!("spec.nodeName"));
     assert_eq!(field("POD_NAMESPACE"), json!("metadata.namespace"));
     assert!(container["resources"]["limits"]["memory"].is_string());
+}
+
+#[test]
+fn agent_metrics_port_and_liveness_bound_are_values() {
+    let docs = render(&["--set", "agent.metrics.port=19181", "--set", "agent.metrics.livenessBound=20m"]);
+    let container = &one(&docs, "DaemonSet")["spec"]["template"]["spec"]["containers"][0];
+    let args = args(container);
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:19181") && args.contains(&"--liveness-bound=20m"), "{args:?}");
+    assert_eq!(container["ports"][0]["containerPort"], json!(19181));
+}
+
+#[test]
+fn agent_pod_monitor_scrapes_the_agents_and_names_their_node() {
+    let docs = render(&["--set", "agent.metrics.podMonitor.enabled=true"]);
+    let monitor = one(&docs, "PodMonitor");
+    assert_eq!(monitor["apiVersion"], json!("monitoring.coreos.com/v1"));
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], json!("metrics"));
+    assert_eq!(endpoint["path"], json!("/metrics"));
+    assert_eq!(
+        endpoint["relabelings"][0],
+        json!({"sourceLabels": ["__meta_kubernetes_pod_node_name"], "targetLabel": "node"})
+    );
+    let pod_labels = &one(&docs, "DaemonSet")["spec"]["template"]["metadata"]["labels"];
+    for (key, value) in monitor["spec"]["selector"]["matchLabels"].as_object().expect("matchLabels") {
+        assert_eq!(&pod_labels[key], value, "PodMonitor selects label {key}");
+    }
 }
 
 #[test]
@@ -654,6 +741,12 @@ fn bad_values_are_rejected_with_the_offending_value_named() {
         (&["--set", "operator.metrics.serviceMonitor.interval=often"], &["/operator/metrics/serviceMonitor/interval"]),
         (&["--set", "agent.updateStrategy.maxUnavailable=0"], &["/agent/updateStrategy/maxUnavailable"]),
         (&["--set", "operator.replicas=two"], &["/operator/replicas"]),
+        (&["--set", "prometheusRule.workerOfflineAfter=15 minutes"], &["/prometheusRule/workerOfflineAfter"]),
+        (&["--set", "prometheusRule.driftRepairsPerHour=0"], &["/prometheusRule/driftRepairsPerHour"]),
+        (&["--set", "prometheusRule.runbookBaseUrl=docs/operations.md"], &["/prometheusRule/runbookBaseUrl"]),
+        (&["--set", "agent.metrics.port=80"], &["/agent/metrics/port"]),
+        (&["--set", "agent.metrics.livenessBound=0s"], &["/agent/metrics/livenessBound"]),
+        (&["--set", "grafanaDashboard.folder=SSIS"], &["/grafanaDashboard", "folder"]),
         // Cross-field rules are template checks with their own message.
         (
             &["--set", "operator.leaderElection.enabled=false"],

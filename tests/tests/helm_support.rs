@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -99,6 +99,19 @@ pub const VARIANTS: &[(&str, &[&str])] = &[
             r#"operator.watchNamespaces=["etl-prod","etl-test"]"#,
             "--set",
             "operator.concurrency=8",
+        ],
+    ),
+    (
+        "monitoring: alert rules, dashboard, agent PodMonitor",
+        &[
+            "--set",
+            "prometheusRule.enabled=true",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "agent.metrics.podMonitor.enabled=true",
+            "--set",
+            "operator.metrics.serviceMonitor.enabled=true",
         ],
     ),
 ];
@@ -293,6 +306,7 @@ pub fn assert_api_valid(doc: &Value) -> bool {
         "Deployment" => roundtrip::<Deployment>(doc),
         "DaemonSet" => roundtrip::<DaemonSet>(doc),
         "Service" => roundtrip::<Service>(doc),
+        "ConfigMap" => roundtrip::<ConfigMap>(doc),
         "ServiceAccount" => roundtrip::<ServiceAccount>(doc),
         "Namespace" => roundtrip::<Namespace>(doc),
         "ClusterRole" => roundtrip::<ClusterRole>(doc),

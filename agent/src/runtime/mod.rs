@@ -167,7 +167,21 @@ async fn sync_outcome(
     state: &AgentState,
 ) -> anyhow::Result<SyncOutcome> {
     let now = jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now());
-    let Some(pass) = sync_with(client, host, config, host_config, state, now, StatusWrite::IfChanged).await? else {
+    let result = sync_with(client, host, config, host_config, state, now, StatusWrite::IfChanged).await;
+    // Metrics hook: one record per pass (crate::metrics).
+    let metrics = crate::metrics::global();
+    match &result {
+        Ok(Some(pass)) => metrics.record_pass(
+            &pass.status,
+            &pass.report,
+            pass.status_write_error.is_none(),
+            now,
+            std::time::Instant::now(),
+        ),
+        Ok(None) => metrics.record_no_host_config(now, std::time::Instant::now()),
+        Err(_) => metrics.record_error(),
+    }
+    let Some(pass) = result? else {
         return Ok(SyncOutcome::NoHostConfig);
     };
     let report = pass.report;
@@ -320,6 +334,7 @@ pub async fn run(
             }
             _ = lease_timer.tick() => {
                 if let Err(error) = write_lease(&client, &config, &state, jiff::Timestamp::now()).await {
+                    crate::metrics::global().record_api_error();
                     tracing::warn!(%error, "renewing the liveness Lease failed; retrying on the next tick");
                 }
                 continue;
@@ -328,6 +343,7 @@ pub async fn run(
                 Some(Ok(watcher::Event::InitDone | watcher::Event::Apply(_) | watcher::Event::Delete(_))) => {}
                 Some(Ok(_)) => continue,
                 Some(Err(error)) => {
+                    crate::metrics::global().record_api_error();
                     tracing::warn!(%error, "HostConfig watch error");
                     continue;
                 }

@@ -69,6 +69,13 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Seconds of a period value ("90s", "15m", "2h"), for PromQL comparisons. Usage: include "ssis-operator.seconds" "15m" */}}
+{{- define "ssis-operator.seconds" -}}
+{{- $n := atoi (regexFind "^[0-9]+" .) -}}
+{{- $unit := regexFind "[smh]$" . -}}
+{{- if eq $unit "h" -}}{{ mul $n 3600 }}{{- else if eq $unit "m" -}}{{ mul $n 60 }}{{- else -}}{{ $n }}{{- end -}}
+{{- end -}}
+
 {{/* Cross-field checks the JSON schema cannot phrase clearly. */}}
 {{- define "ssis-operator.validate" -}}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) -}}

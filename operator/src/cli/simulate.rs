@@ -187,6 +187,10 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     }
     println!("agent liveness (Lease renewals): {}", totals.lease_renewals);
     println!("certificates issued: {}", world.issuer.issued().len());
+    println!("\n=== key figures (the operator's domain metrics, docs/operations.md) ===");
+    for line in world.operator_metrics().domain.summary() {
+        println!("{line}");
+    }
     match converged_at {
         Some(round) => {
             println!("\nconverged at round {round}: a round with no writes of any kind and every resource Ready");

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -16,12 +16,18 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use super::ReconcileReport;
+use crate::metrics::DomainMetrics;
 
 type Labels = Vec<(String, String)>;
 
-/// Operator metrics, registered in their own registry.
+/// Operator metrics, registered in their own registry; the domain metrics (`ssis_*`, see
+/// [`crate::metrics`]) in a second one without the `ssis_operator` prefix.
 pub struct Metrics {
     registry: Registry,
+    domain_registry: Registry,
+    pub domain: Arc<DomainMetrics>,
+    /// When the last pass completed, by the operator's clock.
+    pub last_reconcile: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub reconciles: Counter,
     pub reconcile_errors: Counter,
     pub reconcile_duration: Histogram,
@@ -45,7 +51,27 @@ impl Default for Metrics {
         registry.register("writes", "Writes by kind (API objects and SQL actions)", writes.clone());
         registry.register("sql_actions", "SQL actions by kind and result", sql_actions.clone());
         registry.register("leader", "1 while this replica holds the leader Lease", leader.clone());
-        Self { registry, reconciles, reconcile_errors, reconcile_duration, writes, sql_actions, leader }
+        let last_reconcile = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "last_reconcile_timestamp_seconds",
+            "When the last reconcile pass completed (Unix seconds; 0 before the first)",
+            last_reconcile.clone(),
+        );
+        let domain = Arc::new(DomainMetrics::default());
+        let mut domain_registry = Registry::default();
+        domain_registry.register_collector(Box::new(domain.clone()));
+        Self {
+            registry,
+            domain_registry,
+            domain,
+            last_reconcile,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            writes,
+            sql_actions,
+            leader,
+        }
     }
 }
 
@@ -73,11 +99,29 @@ impl Metrics {
         self.sql_actions.get_or_create(&vec![("action".into(), kind.into()), ("result".into(), result.into())]).inc();
     }
 
-    /// The registry in the Prometheus text format.
+    /// The domain figures of a completed pass (the one hook in the reconcile path): computed
+    /// purely from the pass's input and the statuses it planned, see [`crate::metrics::snapshot`].
+    pub fn observe(&self, unit: &str, input: &crate::plan::PlanInput, plan: &crate::plan::PlanOutput) {
+        self.domain.observe_scope(unit, crate::metrics::snapshot(input, plan));
+        self.last_reconcile.set(input.now.as_millisecond() as f64 / 1000.0);
+    }
+
+    /// Drop the figures of units that no longer exist (their resources are gone).
+    pub fn retain_units(&self, units: &std::collections::BTreeSet<String>) {
+        for scope in self.domain.scopes() {
+            if !units.contains(&scope) {
+                self.domain.forget_scope(&scope);
+            }
+        }
+    }
+
+    /// Both registries in the OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.domain_registry);
+        let _ = encode_eof(&mut out);
         out
     }
 }

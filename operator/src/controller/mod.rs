@@ -274,6 +274,7 @@ pub async fn reconcile_unit<C: Catalog>(
     keep_unconfirmed_password_fingerprints(&mut plan, &world.input, &report);
     status::update_status(ctx, &world, &plan, &mut report).await;
     ctx.metrics.record_report(&report);
+    ctx.metrics.observe(unit, &world.input, &plan);
     Ok(report)
 }
 
@@ -311,6 +312,7 @@ pub async fn reconcile_all<C: Catalog>(ctx: &Context<C>, stores: &stores::Stores
         total.add(reconcile_unit(ctx, stores, &topology, unit).await?);
     }
     total.add(orphans::reconcile_orphans(ctx, stores, &topology).await);
+    ctx.metrics.retain_units(&topology.members.keys().cloned().collect());
     ctx.secret_cache.retain(|namespace, name| topology.references_secret(namespace, name));
     Ok(total)
 }

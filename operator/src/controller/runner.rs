@@ -500,6 +500,7 @@ async fn reconcile<C: Catalog + 'static>(unit: Arc<Unit>, shared: Arc<Shared<C>>
     shared.health.begin(&key);
     let pass = async {
         if key == ORPHANS {
+            shared.ctx.metrics.retain_units(&topology.members.keys().cloned().collect());
             Ok(reconcile_orphans(&shared.ctx, &shared.stores, &topology).await)
         } else {
             reconcile_unit(&shared.ctx, &shared.stores, &topology, &key).await

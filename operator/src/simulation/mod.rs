@@ -207,6 +207,8 @@ pub struct World {
     pub operator_running: bool,
     /// The last round run.
     pub last: RoundReport,
+    /// Each node's agent metrics, recorded from its passes as the running agent records them.
+    pub agent_metrics: BTreeMap<String, Arc<ssis_agent::metrics::AgentMetrics>>,
     recording: RecordingCatalog<SimulatedCatalog>,
     ctx: Context<RecordingCatalog<SimulatedCatalog>>,
     /// The operator's stores, refilled from the API server before each operator pass (the
@@ -250,6 +252,7 @@ impl World {
             totals: Totals::default(),
             operator_running: true,
             last: RoundReport::default(),
+            agent_metrics: BTreeMap::new(),
             recording,
             ctx,
             stores,
@@ -382,6 +385,11 @@ impl World {
         Ok(world.input)
     }
 
+    /// The metrics of the current operator process (a restart starts fresh ones).
+    pub fn operator_metrics(&self) -> &Arc<crate::controller::Metrics> {
+        &self.ctx.metrics
+    }
+
     /// The units of deployments the operator plans separately.
     pub fn units(&mut self) -> Vec<String> {
         self.sync_stores();
@@ -491,6 +499,13 @@ impl World {
                 _ => {}
             }
         }
+        self.agent_metrics.entry(node.to_string()).or_default().record_pass(
+            &detail.status,
+            &detail.report,
+            detail.status_write_error.is_none(),
+            self.clock.now(),
+            std::time::Instant::now(),
+        );
         pass.report = detail.report;
         pass.status_written = detail.status_written;
         if let Some(error) = detail.status_write_error {
